@@ -1,0 +1,95 @@
+"""Causal2VecConfig: every choice the paper leaves open is a field here, so ablations are config changes."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from causal2vec.errors import Causal2VecError
+
+FORMAT_VERSION = 1
+
+Pooling = Literal["concat", "last", "ctx", "mean"]
+EncoderPooling = Literal["mean", "cls"]
+PaddingSide = Literal["left", "right"]
+CtxPlacement = Literal["after_instruction", "after_bos"]
+
+
+@dataclass
+class LoraSettings:
+    """LoRA on the decoder (peft). `target_modules=None` lets peft pick its default for the architecture."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] | None = None
+
+
+@dataclass
+class Causal2VecConfig:
+    """What a Causal2Vec model is, independent of its weights.
+
+    `encoder` / `decoder` are Hugging Face ids or local directories; in a saved model directory they are rewritten
+    to the relative sub-directories `encoder` / `decoder`, and the original ids are kept in `*_source` for lineage.
+    """
+
+    encoder: str
+    decoder: str
+    encoder_pooling: EncoderPooling = "mean"
+    projector_hidden: int | None = None  # MLP hidden width; None -> the decoder's hidden size
+    pooling: Pooling = "concat"
+    normalize: bool = True
+    use_ctx_token: bool = True  # False: the decoder alone (the paper's "without Contextual token" ablation)
+    ctx_placement: CtxPlacement = "after_instruction"  # [BOS][instr][CTX][text][EOS] vs [BOS][CTX][instr][text][EOS]
+    padding_side: PaddingSide = "right"
+    max_encoder_length: int = 512
+    max_decoder_length: int = 512
+    attn_implementation: str = "sdpa"
+    lora: LoraSettings | None = None
+    encoder_source: str | None = None
+    decoder_source: str | None = None
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora, dict):
+            self.lora = LoraSettings(**self.lora)
+        _check_choice("pooling", self.pooling, Pooling)
+        _check_choice("encoder_pooling", self.encoder_pooling, EncoderPooling)
+        _check_choice("padding_side", self.padding_side, PaddingSide)
+        _check_choice("ctx_placement", self.ctx_placement, CtxPlacement)
+        if self.pooling in ("concat", "ctx") and not self.use_ctx_token:
+            raise Causal2VecError(f"pooling={self.pooling!r} needs the Contextual token; set use_ctx_token=true "
+                                  "or use pooling 'last' / 'mean'")
+        if self.max_decoder_length < 4 or self.max_encoder_length < 3:
+            raise Causal2VecError("max_decoder_length must be >= 4 and max_encoder_length >= 3")
+        if self.format_version > FORMAT_VERSION:
+            raise Causal2VecError(f"model format version {self.format_version} is newer than this library supports "
+                                  f"({FORMAT_VERSION}); upgrade causal2vec-platform")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Causal2VecConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise Causal2VecError(f"unknown Causal2Vec config field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def fingerprint(self) -> str:
+        """A short hash of everything that changes the embedding function (not lineage fields)."""
+        data = self.to_dict()
+        for lineage in ("encoder", "decoder", "encoder_source", "decoder_source", "extra"):
+            data.pop(lineage)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_choice(name: str, value: Any, choices: Any) -> None:
+    allowed = choices.__args__
+    if value not in allowed:
+        raise Causal2VecError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")

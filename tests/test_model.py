@@ -1,0 +1,258 @@
+"""The model contract of DESIGN.md: layout, padding invariance, causality, pooling, save/load, encode."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from causal2vec import Causal2Vec, Causal2VecError
+from conftest import tiny_with_decoder
+
+SHORT = "vim editor"
+LONG = ("Vim is an almost compatible version of the UNIX editor Vi. Many new features have been added: multi level "
+        "undo, syntax highlighting, command line history, on-line help, filename completion, block operations, "
+        "folding, Unicode support and more. This package contains a version of vim compiled with a rather standard "
+        "set of features. " * 3)
+MIXED = [SHORT, LONG, "a package manager for Debian", LONG[:300], "x"]
+ARCHES = ["llama", "qwen2", "mistral", "gpt2", "bert-causal"]
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("arch", ARCHES)
+def test_padding_does_not_change_an_embedding(arch, side):
+    model = tiny_with_decoder(arch, padding_side=side, normalize=False)
+    alone = model.encode([SHORT])[0]
+    in_batch = model.encode([LONG, SHORT, LONG[:200]], batch_size=8)[1]
+    batch = model.builder([LONG, SHORT], None)
+    assert batch.decoder.attention_mask[1].sum() < batch.decoder.attention_mask.shape[1], "SHORT must be padded"
+    first_pad_col = 0 if side == "left" else -1
+    assert batch.decoder.attention_mask[1, first_pad_col] == 0, f"{side} padding puts pads on the {side}"
+    np.testing.assert_allclose(in_batch, alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "bert-causal"])
+def test_decoder_is_causal(arch):
+    """A text position's hidden state ignores later text tokens (CTX held fixed)."""
+    model = tiny_with_decoder(arch)
+    a, b = "alpha beta gamma delta packages", "alpha beta gamma zebra unrelated words here"
+    batch = model.builder([a, b]).decoder
+    ids = batch.input_ids
+    shared = int((ids[0] == ids[1]).long().cumprod(0).sum())  # length of the common token prefix
+    assert shared > int(batch.ctx_index[0]) + 2, "the two texts must share a few text tokens"
+    ctx = torch.randn(1, model.hidden_size).expand(2, -1)
+    with torch.no_grad():
+        hidden = model.decoder_hidden_states(batch, ctx)
+    torch.testing.assert_close(hidden[0, :shared], hidden[1, :shared], atol=1e-5, rtol=0)
+    assert not torch.allclose(hidden[0, shared], hidden[1, shared], atol=1e-3)
+
+
+def test_ctx_vector_sees_the_whole_text(tiny):
+    base = "the quick brown fox jumps over the lazy dog near the river bank"
+    variants = ["a quick brown fox jumps over the lazy dog near the river bank",  # first word
+                "the quick brown fox leaps over the lazy dog near the river bank",  # middle
+                "the quick brown fox jumps over the lazy dog near the river bend"]  # last word
+    with torch.no_grad():
+        ctx = tiny.context_vectors(tiny.builder.encode_for_encoder([base] + variants))
+    for i in range(1, 4):
+        assert (ctx[0] - ctx[i]).abs().max() > 1e-4, f"CTX did not change with variant {i}"
+
+
+def test_concat_halves_are_ctx_and_eos_hidden_states(tiny):
+    texts = [SHORT, LONG]
+    batch = tiny.builder(texts)
+    with torch.no_grad():
+        emb = tiny(batch, normalize=False)
+        ctx = tiny.context_vectors(batch.encoder)
+        hidden = tiny.decoder_hidden_states(batch.decoder, ctx)
+    assert emb.shape == (2, 2 * tiny.hidden_size) and tiny.embedding_dim == 2 * tiny.hidden_size
+    rows = torch.arange(2)
+    torch.testing.assert_close(emb[:, :tiny.hidden_size], hidden[rows, batch.decoder.ctx_index])
+    torch.testing.assert_close(emb[:, tiny.hidden_size:], hidden[rows, batch.decoder.eos_index])
+    # and those positions are where the layout says: CTX right after [BOS], EOS last
+    assert (batch.decoder.ctx_index == 1).all()
+    eos = batch.decoder.input_ids[rows, batch.decoder.eos_index]
+    assert (eos == tiny.decoder_tokenizer.eos_token_id).all()
+
+
+def test_layout_bos_instruction_ctx_text_eos(tiny):
+    instr = "Instruct: find the package\nQuery: "
+    batch = tiny.builder([SHORT], instr).decoder
+    tok = tiny.decoder_tokenizer
+    instr_ids = tok(instr, add_special_tokens=False)["input_ids"]
+    text_ids = tok(SHORT, add_special_tokens=False)["input_ids"]
+    row = batch.input_ids[0].tolist()
+    n = len(instr_ids)
+    assert row[0] == tok.bos_token_id
+    assert row[1:1 + n] == instr_ids
+    assert int(batch.ctx_index[0]) == 1 + n
+    assert row[2 + n:-1] == text_ids and row[-1] == tok.eos_token_id
+    assert batch.position_ids[0].tolist() == list(range(len(row)))
+
+
+def test_instruction_reaches_the_decoder_only(tiny):
+    plain, instructed = tiny.builder([SHORT]), tiny.builder([SHORT], "Represent the query: ")
+    assert torch.equal(plain.encoder.input_ids, instructed.encoder.input_ids)
+    assert instructed.decoder.input_ids.shape[1] > plain.decoder.input_ids.shape[1]
+    assert not np.allclose(tiny.encode([SHORT]), tiny.encode([SHORT], instruction="Represent the query: "))
+
+
+@pytest.mark.parametrize("pooling,use_ctx", [("concat", True), ("last", True), ("ctx", True), ("mean", True),
+                                             ("last", False), ("mean", False)])
+def test_pooling_modes(pooling, use_ctx):
+    model = tiny_with_decoder("llama", pooling=pooling, use_ctx_token=use_ctx)
+    emb = model.encode(MIXED)
+    assert emb.shape == (len(MIXED), model.embedding_dim)
+    assert model.embedding_dim == (128 if pooling == "concat" else 64)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    if not use_ctx:
+        assert model.builder([SHORT]).encoder is None and (model.builder([SHORT]).decoder.ctx_index == -1).all()
+
+
+def test_config_rejects_bad_choices():
+    with pytest.raises(Causal2VecError, match="pooling must be one of"):
+        tiny_with_decoder("llama", pooling="max")
+    with pytest.raises(Causal2VecError, match="needs the Contextual token"):
+        tiny_with_decoder("llama", pooling="concat", use_ctx_token=False)
+
+
+def test_truncation_is_reported_and_respected(tiny):
+    batch = tiny.builder([LONG * 10, SHORT])
+    assert batch.truncated == [True, False]
+    assert batch.decoder.input_ids.shape[1] == tiny.config.max_decoder_length
+    assert batch.encoder.input_ids.shape[1] == tiny.config.max_encoder_length
+
+
+def test_encode_restores_input_order(tiny):
+    rng = np.random.default_rng(0)
+    texts = [LONG[: int(n)] + f" #{i}" for i, n in enumerate(rng.integers(5, len(LONG), size=23))]
+    batched = tiny.encode(texts, batch_size=4)
+    one_by_one = np.stack([tiny.encode([t])[0] for t in texts])
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5, rtol=0)
+
+
+def test_encode_edge_cases(tiny):
+    assert tiny.encode([]).shape == (0, tiny.embedding_dim)
+    with pytest.raises(Causal2VecError, match="text #1 is empty"):
+        tiny.encode([SHORT, ""])
+    with pytest.raises(Causal2VecError, match="text #2 is None"):
+        tiny.encode([SHORT, SHORT, None])
+    with pytest.raises(Causal2VecError, match="whitespace"):
+        tiny.encode(["  \n"])
+    with pytest.raises(Causal2VecError, match="not a single string"):
+        tiny.encode(SHORT)
+
+
+def _perturb_lora(model: Causal2Vec) -> None:
+    """LoRA's B starts at zero (an identity adapter); give it weights so the round trip proves something."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.decoder.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+
+
+def test_save_load_round_trip_plain(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path / "m")
+    loaded = Causal2Vec.from_pretrained(tmp_path / "m")
+    np.testing.assert_array_equal(loaded.encode(MIXED), tiny.encode(MIXED))
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "causal2vec.json", "decoder", "encoder", "projector.safetensors"]
+    assert not list((tmp_path / "m").rglob("*.bin")) and not list((tmp_path / "m").rglob("*.pkl"))
+
+
+@pytest.mark.parametrize("arch", ["llama", "bert-causal"])
+def test_save_load_round_trip_lora(arch, tmp_path):
+    model = tiny_with_decoder(arch).enable_lora()
+    _perturb_lora(model)
+    before = model.encode(MIXED)
+    base_only = tiny_with_decoder(arch).encode(MIXED)
+    assert np.abs(before - base_only).max() > 1e-3, "the adapter must change the embedding"
+
+    model.save_pretrained(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "decoder_lora" / "adapter_config.json").is_file()
+    loaded = Causal2Vec.from_pretrained(tmp_path / "adapter")
+    assert loaded.has_lora
+    np.testing.assert_allclose(loaded.encode(MIXED), before, atol=1e-6, rtol=0)
+
+    model.save_pretrained(tmp_path / "merged", merge_lora=True)
+    assert not (tmp_path / "merged" / "decoder_lora").exists()
+    merged = Causal2Vec.from_pretrained(tmp_path / "merged")
+    assert not merged.has_lora
+    np.testing.assert_allclose(merged.encode(MIXED), before, atol=1e-5, rtol=0)
+
+
+def test_save_is_atomic_and_refuses_foreign_dirs(tiny, tmp_path):
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "cat.jpg").write_bytes(b"\xff")
+    with pytest.raises(Causal2VecError, match="refusing to overwrite"):
+        tiny.save_pretrained(foreign)
+    assert (foreign / "cat.jpg").exists()
+    tiny.save_pretrained(tmp_path / "m")
+    tiny.save_pretrained(tmp_path / "m")  # overwriting a model directory is fine
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_load_errors_are_clear(tmp_path):
+    with pytest.raises(Causal2VecError, match="unknown preset|no such directory"):
+        Causal2Vec.from_pretrained("no-such-preset")
+    with pytest.raises(Causal2VecError, match="no causal2vec.json"):
+        Causal2Vec.from_pretrained(tmp_path)
+
+
+def test_from_config_loads_hf_dirs(tiny, tmp_path):
+    """Real HF ids and local paths load through the same code: here, local HF directories."""
+    from causal2vec.model.config import Causal2VecConfig
+
+    tiny.save_pretrained(tmp_path / "m")
+    config = Causal2VecConfig(encoder=str(tmp_path / "m" / "encoder"), decoder=str(tmp_path / "m" / "decoder"),
+                              pooling="last")
+    model = Causal2Vec.from_config(config)
+    assert model.encode([SHORT]).shape == (1, tiny.hidden_size)
+    with pytest.raises(Causal2VecError, match="cannot load the decoder"):
+        Causal2Vec.from_config(Causal2VecConfig(encoder=config.encoder, decoder=str(tmp_path / "missing")))
+
+
+def test_tiny_preset_is_identical_in_every_process(tiny):
+    """Ray workers and replicas each build the preset; they must all get the same model."""
+    code = ("import numpy as np, sys; from causal2vec import Causal2Vec; "
+            "np.save(sys.stdout.buffer, Causal2Vec.from_pretrained('tiny').encode(['vim editor', 'apt']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout
+    import io
+
+    np.testing.assert_array_equal(np.load(io.BytesIO(out)), tiny.encode(["vim editor", "apt"]))
+
+
+def test_bf16_on_cpu_agrees_with_fp32(tiny):
+    bf16 = Causal2Vec.from_pretrained("tiny", dtype="bf16")
+    assert bf16.dtype == torch.bfloat16
+    a, b = tiny.encode(MIXED), bf16.encode(MIXED)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.99
+
+
+def test_minilm_encoder_matches_sentence_transformers(minilm_small):
+    from sentence_transformers import SentenceTransformer
+
+    from causal2vec.model.presets import minilm_path
+
+    texts = ["Vim is a text editor", "APT is the package manager of Debian.", LONG[:400], "naïve café — ünïcode"]
+    reference = SentenceTransformer(str(minilm_path()), device="cpu").encode(texts, normalize_embeddings=True)
+    batch = minilm_small.builder.encode_for_encoder(texts)
+    with torch.no_grad():
+        pooled = minilm_small.context_encoder.pool(batch.input_ids, batch.attention_mask)
+    ours = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+    np.testing.assert_allclose(ours, reference, atol=1e-5, rtol=0)
+
+
+def test_minilm_small_decoder_is_causal(minilm_small):
+    assert minilm_small.decoder.config.is_decoder
+    batch = minilm_small.builder(["open source office suite", "open source office software for documents"]).decoder
+    ctx = torch.randn(1, minilm_small.hidden_size).expand(2, -1)
+    with torch.no_grad():
+        hidden = minilm_small.decoder_hidden_states(batch, ctx)
+    torch.testing.assert_close(hidden[0, :5], hidden[1, :5], atol=1e-5, rtol=0)
