@@ -47,6 +47,57 @@ def _cmd_embed(args: argparse.Namespace) -> None:
         print(payload)
 
 
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from causal2vec.eval.retrieval import RetrievalTask, evaluate
+    from causal2vec.model import Causal2Vec
+
+    local = None
+    if args.pairs:
+        local = RetrievalTask.from_pairs(args.pairs, name=args.name, description=args.description,
+                                         limit=args.limit_queries)
+    elif args.corpus or args.queries:
+        if not (args.corpus and args.queries):
+            raise Causal2VecError("a local task needs both --corpus and --queries (and optionally --qrels)")
+        local = RetrievalTask.from_files(args.corpus, args.queries, args.qrels, name=args.name,
+                                         description=args.description, limit_queries=args.limit_queries)
+    if local is None and not args.tasks:
+        raise Causal2VecError("nothing to evaluate: pass --corpus/--queries[/--qrels], --pairs, or --tasks NAME ...")
+    model = Causal2Vec.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    results: dict[str, dict] = {}
+    if local is not None and args.engine == "local":
+        results[local.name] = evaluate(model, local, batch_size=args.batch_size, show_progress=True)
+    if args.tasks or (local is not None and args.engine == "mteb"):
+        results |= _run_mteb(model, args, local)
+    for name, scores in results.items():
+        shown = "  ".join(f"{k} {scores[k]:.4f}" for k in ("ndcg_at_10", "recall_at_10", "recall_at_100",
+                                                           "mrr_at_10", "main_score") if k in scores)
+        print(f"{name}: {shown}")
+    if args.output:
+        payload = {"model": args.model, "command": " ".join(sys.argv), "results": results}
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(payload, indent=2, default=float) + "\n")
+        print(f"wrote {args.output}", file=sys.stderr)
+
+
+def _run_mteb(model, args: argparse.Namespace, local) -> dict[str, dict]:
+    import mteb
+
+    from causal2vec.eval.mteb_model import Causal2VecMTEB, local_retrieval_task, run_mteb
+
+    tasks = [local_retrieval_task(local)] if local is not None and args.engine == "mteb" else []
+    if args.tasks:
+        try:
+            tasks += list(mteb.get_tasks(tasks=args.tasks))
+        except (KeyError, ValueError) as exc:
+            raise Causal2VecError(f"--tasks: {exc}") from exc
+    wrapper = Causal2VecMTEB(model, name=f"causal2vec/{Path(args.model).name}", batch_size=args.batch_size)
+    try:
+        return run_mteb(wrapper, tasks)
+    except (OSError, ConnectionError) as exc:
+        raise Causal2VecError(f"mteb could not load a task's data ({exc.__class__.__name__}: {exc}); tasks from "
+                              "the hub need network access or a local HF datasets cache") from exc
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="causal2vec", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -59,6 +110,21 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--instruction", help="query-side instruction (decoder only), e.g. 'Given a query, ...'")
     embed.add_argument("--output", help="write here instead of stdout: *.npy (float32 array) or *.json")
     embed.set_defaults(func=_cmd_embed)
+
+    ev = sub.add_parser("eval", help="retrieval quality: local parquet/jsonl tasks (offline) or MTEB tasks by name")
+    _add_model_args(ev)
+    ev.add_argument("--corpus", help="corpus file (id, text)")
+    ev.add_argument("--queries", help="queries file (query_id, query[, doc_id])")
+    ev.add_argument("--qrels", help="relevance file (query_id, doc_id[, score]); default: the queries' doc_id")
+    ev.add_argument("--pairs", help="a training-pairs file (query, positive) evaluated as a retrieval task")
+    ev.add_argument("--name", help="the local task's name (default: the queries file's stem)")
+    ev.add_argument("--description", help="the task, as the query instruction states it (E5-style template)")
+    ev.add_argument("--limit-queries", type=int, help="evaluate only the first N queries")
+    ev.add_argument("--tasks", nargs="*", help="MTEB task names (their data must be reachable)")
+    ev.add_argument("--engine", choices=["local", "mteb"], default="local",
+                    help="score local tasks with the fast local evaluator or through mteb (same numbers)")
+    ev.add_argument("--output", help="write the scores as JSON here")
+    ev.set_defaults(func=_cmd_eval)
     return parser
 
 
