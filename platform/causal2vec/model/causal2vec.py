@@ -69,16 +69,21 @@ class Causal2Vec(nn.Module):
 
         return isinstance(self.decoder, PeftModel)
 
-    def enable_lora(self, settings: LoraSettings | None = None) -> Causal2Vec:
-        """Wrap the decoder with trainable LoRA adapters; the encoder and projector stay fully trainable."""
+    def enable_lora(self, settings: LoraSettings | None = None, seed: int = 0) -> Causal2Vec:
+        """Wrap the decoder with trainable LoRA adapters; the encoder and projector stay fully trainable.
+
+        The adapters' random init is seeded, so every worker of a distributed run starts from the same model.
+        """
         from peft import LoraConfig, get_peft_model
+
+        from causal2vec.model.presets import seeded
 
         if self.has_lora:
             raise Causal2VecError("the decoder already has LoRA adapters")
         settings = settings or self.config.lora or LoraSettings()
         lora = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                           target_modules=settings.target_modules or _default_lora_targets(self.decoder))
-        self.decoder = get_peft_model(self.decoder, lora)
+        self.decoder = seeded(seed, lambda: get_peft_model(self.decoder, lora))
         self.config.lora = settings
         return self
 
@@ -165,7 +170,7 @@ class Causal2Vec(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            with torch.inference_mode():
+            with torch.no_grad():  # not inference_mode: ZeRO-3's parameter hooks run here during training evals
                 for start in tqdm(range(0, len(order), batch_size), desc="embedding", unit="batch",
                                   disable=not show_progress):
                     idx = order[start:start + batch_size]

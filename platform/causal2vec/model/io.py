@@ -26,6 +26,7 @@ from causal2vec.errors import Causal2VecError
 from causal2vec.model.causal2vec import Causal2Vec
 from causal2vec.model.config import Causal2VecConfig
 from causal2vec.model.context_encoder import ContextEncoder, Projector
+from causal2vec.model.tokenization import BatchBuilder
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,11 @@ def assemble(config: Causal2VecConfig, encoder: nn.Module | None, decoder: nn.Mo
         if encoder is None:
             raise Causal2VecError("use_ctx_token=True needs an encoder")
         _freeze_pooler(encoder)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            projector = Projector(encoder.config.hidden_size, decoder.get_input_embeddings().embedding_dim,
-                                  config.projector_hidden)
+        from causal2vec.model.presets import seeded
+
+        projector = seeded(seed, lambda: Projector(encoder.config.hidden_size,
+                                                   decoder.get_input_embeddings().embedding_dim,
+                                                   config.projector_hidden))
         if projector_state is not None:
             projector.load_state_dict(projector_state)
         context_encoder = ContextEncoder(encoder, projector, config.encoder_pooling)
@@ -68,19 +70,15 @@ def build(config: Causal2VecConfig, *, device=None, dtype=None, seed: int = 0) -
     return model
 
 
-def load(path_or_preset: str | Path, *, device=None, dtype=None) -> Causal2Vec:
+def load(path_or_preset: str | Path, *, device=None, dtype=None, **config_overrides) -> Causal2Vec:
+    """A saved model directory or a preset; `config_overrides` change non-structural fields (pooling, lengths)."""
     from causal2vec.model import presets
 
     name = str(path_or_preset)
     if name in presets.PRESETS:
-        return presets.build(name, device=device, dtype=dtype)
-    root = Path(name).expanduser()
-    if not (root / MODEL_FILE).is_file():
-        hint = f"no {MODEL_FILE} in that directory" if root.is_dir() else "no such directory"
-        raise Causal2VecError(f"cannot load Causal2Vec model {name!r}: {hint}. Pass a directory written by "
-                              f"save_pretrained or a preset ({', '.join(presets.PRESETS)})")
-    meta = json.loads((root / MODEL_FILE).read_text())
-    config = Causal2VecConfig.from_dict(meta["config"])
+        return presets.build(name, device=device, dtype=dtype, **config_overrides)
+    root, meta = _saved_model(name)
+    config = dataclasses.replace(Causal2VecConfig.from_dict(meta["config"]), **config_overrides)
     encoder, enc_tok = (load_hf_encoder(_resolve(root, config.encoder)) if config.use_ctx_token else (None, None))
     decoder, dec_tok = load_hf_decoder(_resolve(root, config.decoder), config.attn_implementation)
     projector_state = load_file(root / PROJECTOR_FILE) if config.use_ctx_token else None
@@ -95,6 +93,45 @@ def load(path_or_preset: str | Path, *, device=None, dtype=None) -> Causal2Vec:
         model.decoder = PeftModel.from_pretrained(model.decoder, root / adapter, is_trainable=False)
         model.config.lora = lora
     return model.eval()
+
+
+def load_builder(path_or_preset: str | Path, **config_overrides) -> BatchBuilder:
+    """Just the tokenizers and config of a model (no weights): what data-pipeline tasks need to tokenize."""
+    from transformers import AutoTokenizer
+
+    from causal2vec.model import presets
+
+    name = str(path_or_preset)
+    if name in presets.PRESETS:
+        preset = presets.get(name)
+        return BatchBuilder(*preset.tokenizers(), dataclasses.replace(preset.config(), **config_overrides))
+    root, meta = _saved_model(name)
+    config = dataclasses.replace(Causal2VecConfig.from_dict(meta["config"]), **config_overrides)
+    dec_tok = AutoTokenizer.from_pretrained(_resolve(root, config.decoder))
+    enc_tok = AutoTokenizer.from_pretrained(_resolve(root, config.encoder)) if config.use_ctx_token else dec_tok
+    return BatchBuilder(enc_tok, dec_tok, config)
+
+
+def load_builder_for_ids(encoder: str, decoder: str, **config_overrides) -> BatchBuilder:
+    """Tokenizers + config for a new model assembled from HF ids or paths (see `build`)."""
+    from transformers import AutoTokenizer
+
+    config = Causal2VecConfig(encoder=encoder, decoder=decoder, **config_overrides)
+    dec_tok = _hf_load(decoder, "decoder", lambda: AutoTokenizer.from_pretrained(decoder))
+    enc_tok = _hf_load(encoder, "encoder", lambda: AutoTokenizer.from_pretrained(encoder)) \
+        if config.use_ctx_token else dec_tok
+    return BatchBuilder(enc_tok, dec_tok, config)
+
+
+def _saved_model(name: str) -> tuple[Path, dict]:
+    from causal2vec.model import presets
+
+    root = Path(name).expanduser()
+    if not (root / MODEL_FILE).is_file():
+        hint = f"no {MODEL_FILE} in that directory" if root.is_dir() else "no such directory"
+        raise Causal2VecError(f"cannot load Causal2Vec model {name!r}: {hint}. Pass a directory written by "
+                              f"save_pretrained or a preset ({', '.join(presets.PRESETS)})")
+    return root, json.loads((root / MODEL_FILE).read_text())
 
 
 def save(model: Causal2Vec, path: str | Path, *, merge_lora: bool = False) -> Path:

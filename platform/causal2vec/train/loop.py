@@ -1,0 +1,293 @@
+"""The per-worker training loop: DeepSpeed engine, contrastive steps, metrics, checkpoint/resume, dev eval, export.
+
+Runs inside a Ray Train worker (trainer.py) with torch.distributed already initialised (gloo on CPU, nccl on GPU).
+Every rank runs the same sequence of collective calls: the same number of batches (equal shards), the same
+reports (ray.train.report is a barrier), the same dev evaluations (ZeRO-3 gathers weights collectively).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from causal2vec.train.config import TrainConfig
+from causal2vec.train.data import collate, epoch_schedule, iterate_epoch
+from causal2vec.train.loss import info_nce
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "train_state.json"
+DS_TAG = "deepspeed"
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved with every checkpoint so a restart continues mid-epoch."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    position: int = 0  # micro-batches of this epoch already consumed (per rank)
+    samples: int = 0  # queries seen, all ranks
+    restarts: int = 0
+
+
+def build_model(config: TrainConfig):
+    """The model a run starts from, identical on every rank (presets are seeded, saved dirs are files)."""
+    from causal2vec.model import Causal2Vec, Causal2VecConfig, LoraSettings
+
+    m = config.model
+    if m.init:
+        model = Causal2Vec.from_pretrained(m.init, device="cpu", dtype="fp32", **m.config_overrides())
+    else:
+        model = Causal2Vec.from_config(Causal2VecConfig(encoder=m.encoder, decoder=m.decoder,
+                                                        **m.config_overrides()), device="cpu", dtype="fp32")
+    if m.lora.enabled and not model.has_lora:
+        model.enable_lora(LoraSettings(r=m.lora.r, alpha=m.lora.alpha, dropout=m.lora.dropout,
+                                       target_modules=m.lora.target_modules))
+    if m.gradient_checkpointing:
+        # non-reentrant: the reentrant variant breaks under ZeRO-3 + LoRA ("Recomputed values ... differ")
+        kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
+        model.decoder.gradient_checkpointing_enable(**kwargs)
+        if model.context_encoder is not None:
+            model.context_encoder.encoder.gradient_checkpointing_enable(**kwargs)
+    return model
+
+
+def parameter_groups(model, config: TrainConfig) -> list[dict]:
+    """LoRA adapters (or the whole decoder without LoRA) at lr_lora; encoder + projector, trained fully, at
+    lr_encoder."""
+    decoder = [p for p in model.decoder.parameters() if p.requires_grad]
+    encoder = [p for p in model.context_encoder.parameters() if p.requires_grad] if model.context_encoder else []
+    groups = [{"params": decoder, "lr": config.optim.lr_lora, "name": "decoder"}]
+    if encoder:
+        groups.append({"params": encoder, "lr": config.optim.lr_encoder, "name": "encoder+projector"})
+    return groups
+
+
+def lr_lambda(config: TrainConfig, total_steps: int):
+    warmup, schedule = config.optim.warmup_steps, config.optim.schedule
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 1.0 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def deepspeed_config(config: TrainConfig, use_gpu: bool) -> dict:
+    ds = config.deepspeed
+    bf16 = use_gpu if ds.bf16 == "auto" else bool(ds.bf16)
+    zero: dict = {"stage": ds.zero_stage}
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if ds.offload_params and ds.zero_stage == 3:
+        zero["offload_param"] = {"device": "cpu"}
+    if ds.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return {
+        "train_micro_batch_size_per_gpu": config.optim.micro_batch_size,
+        "gradient_accumulation_steps": config.optim.grad_accumulation,
+        "gradient_clipping": config.optim.max_grad_norm,
+        "zero_optimization": zero,
+        "bf16": {"enabled": bf16},
+        "zero_allow_untested_optimizer": True,  # torch AdamW with two parameter groups
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def train_loop_per_worker(loop_config: dict) -> dict | None:
+    """Entry point Ray Train runs on every worker. `loop_config`: {"config": TrainConfig dict, "sources": [...]}."""
+    os.environ.update(loop_config.get("env", {}))  # before importing deepspeed: DS_ACCELERATOR=cpu on CPU runs
+    import deepspeed
+    import ray.train
+
+    config = TrainConfig.model_validate(loop_config["config"])
+    sources = loop_config["sources"]  # [{"name", "rows"}], rows after validation
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device() if config.ray.use_gpu else torch.device("cpu")
+    torch.manual_seed(config.data.seed)
+
+    model = build_model(config)
+    builder = model.builder
+    mb, accum = config.optim.micro_batch_size, config.optim.grad_accumulation
+    batches_per_source = [s["rows"] // world // mb for s in sources]
+    micro_per_epoch = sum(batches_per_source)
+    steps_per_epoch = micro_per_epoch // accum
+    if steps_per_epoch == 0:
+        raise ValueError(f"not one optimizer step per epoch: {sum(s['rows'] for s in sources)} rows over {world} "
+                         f"workers x micro-batch {mb} x accumulation {accum}; lower the batch or add data")
+    total_steps = config.optim.epochs * steps_per_epoch
+    if config.optim.max_steps:
+        total_steps = min(total_steps, config.optim.max_steps)
+
+    optimizer = torch.optim.AdamW(parameter_groups(model, config), weight_decay=config.optim.weight_decay)
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=deepspeed_config(config, config.ray.use_gpu),
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(config, total_steps)))
+
+    state = TrainState()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            engine.load_checkpoint(directory, tag=DS_TAG, load_module_strict=False)
+            state = TrainState(**json.loads((Path(directory) / STATE_FILE).read_text()))
+        state.restarts += 1
+        log.info("rank %d resumed at step %d (epoch %d, micro-batch %d)", rank, state.step, state.epoch,
+                 state.position)
+
+    dev = _dev_task(config) if config.data.dev else None
+    shards = [ray.train.get_dataset_shard(f"train{i}") for i in range(len(sources))]
+    window = {"loss": 0.0, "n": 0, "samples": 0, "tokens": 0, "t0": time.perf_counter()}
+    history: list[dict] = []
+    engine.train()
+    while state.step < total_steps and state.epoch < config.optim.epochs:
+        schedule = epoch_schedule(batches_per_source, config.data.seed, state.epoch)
+        schedule = schedule[: steps_per_epoch * accum]  # whole optimizer steps only
+        for position, table in iterate_epoch(shards, schedule, mb, skip=state.position):
+            _maybe_fail(config, state, rank)
+            batch, b, tokens = collate(builder, table)
+            embeddings = engine(batch.to(device))
+            q, p, n = embeddings[:b], embeddings[b:2 * b], embeddings[2 * b:]
+            loss = info_nce(q, p, n, temperature=config.optim.temperature, symmetric=config.optim.symmetric)
+            engine.backward(loss)
+            engine.step()
+            state.position = position + 1
+            window["loss"] += loss.item()
+            window["n"] += 1
+            window["samples"] += b * world
+            window["tokens"] += tokens
+            if state.position % accum:
+                continue
+            state.step += 1
+            state.samples += b * world * accum
+            last = state.step >= total_steps
+            if state.step % config.ray.report_every_steps == 0 or last or \
+                    state.step % config.ray.checkpoint_every_steps == 0:
+                metrics = _window_metrics(window, state, scheduler, world)
+                if dev is not None and config.data.dev.every_steps and state.step % config.data.dev.every_steps == 0:
+                    metrics |= _dev_metrics(engine.module, dev)
+                history.append(metrics)
+                save = state.step % config.ray.checkpoint_every_steps == 0 and not last
+                _report(engine, state, metrics, save=save)
+            if last:
+                break
+        else:
+            state.epoch += 1
+            state.position = 0
+            continue
+        break
+
+    final = _window_metrics(window, state, scheduler, world) if window["n"] else dict(history[-1]) if history \
+        else {"step": state.step}
+    if dev is not None:
+        final |= _dev_metrics(engine.module, dev)
+    export_dir = config.export_dir
+    _export(engine, config, rank, export_dir)
+    final["export_dir"] = str(export_dir)
+    history.append(final)
+    _report(engine, state, final, save=True)
+    return {"history": history, "state": asdict(state), "export_dir": str(export_dir)} if rank == 0 else None
+
+
+def _window_metrics(window: dict, state: TrainState, scheduler, world: int) -> dict:
+    """Loss averaged over ranks and the steps since the last report; throughput over the same window."""
+    loss = torch.tensor([window["loss"] / max(1, window["n"])], dtype=torch.float64)
+    tokens = torch.tensor([float(window["tokens"])], dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(loss)
+        dist.all_reduce(tokens)
+        loss /= world
+    elapsed = time.perf_counter() - window["t0"]
+    metrics = {"step": state.step, "epoch": state.epoch, "loss": float(loss), "lr": scheduler.get_last_lr()[0],
+               "samples_per_s": window["samples"] / elapsed, "tokens_per_s": float(tokens) / elapsed,
+               "samples": state.samples, "restarts": state.restarts}
+    window.update(loss=0.0, n=0, samples=0, tokens=0, t0=time.perf_counter())
+    return metrics
+
+
+def _report(engine, state: TrainState, metrics: dict, *, save: bool) -> None:
+    """One ray.train.report on every rank; with `save`, each rank adds its DeepSpeed shard to the checkpoint."""
+    import ray.train
+
+    if not save:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        engine.save_checkpoint(directory, tag=DS_TAG, exclude_frozen_parameters=True)
+        if ray.train.get_context().get_world_rank() == 0:
+            (Path(directory) / STATE_FILE).write_text(json.dumps(asdict(state)))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def _maybe_fail(config: TrainConfig, state: TrainState, rank: int) -> None:
+    """Fault injection for tests: rank 1 dies once, hard, when it reaches `ray.fail_at_step`."""
+    at = config.ray.fail_at_step
+    if at is None or rank != 1 or state.step != at:
+        return
+    marker = Path(config.ray.storage_path) / config.ray.name / f".failed-at-{at}"
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        os._exit(1)
+
+
+def _dev_task(config: TrainConfig):
+    from causal2vec.eval.retrieval import RetrievalTask
+
+    dev = config.data.dev
+    task = RetrievalTask.from_files(dev.corpus, dev.queries, name="dev", description=dev.description,
+                                    limit_queries=dev.limit_queries)
+    if dev.limit_corpus and len(task.corpus) > dev.limit_corpus:
+        judged = {d for q in task.query_ids for d in task.qrels.get(q, {})}
+        keep = [i for i, d in enumerate(task.corpus_ids) if d in judged]
+        keep += [i for i, d in enumerate(task.corpus_ids) if d not in judged][: max(0, dev.limit_corpus - len(keep))]
+        keep.sort()
+        task = RetrievalTask(task.name, task.query_ids, task.queries, [task.corpus_ids[i] for i in keep],
+                             [task.corpus[i] for i in keep], task.qrels, task.description)
+    return task
+
+
+def _dev_metrics(model, task) -> dict:
+    """Every rank evaluates (ZeRO-3 needs all ranks in each forward); all get the same numbers."""
+    from causal2vec.eval.retrieval import evaluate
+
+    was_training = model.training
+    scores = evaluate(model, task, batch_size=64)
+    model.train(was_training)
+    return {"dev_ndcg_at_10": scores["ndcg_at_10"], "dev_recall_at_10": scores["recall_at_10"]}
+
+
+def _export(engine, config: TrainConfig, rank: int, export_dir: Path) -> None:
+    """Rank 0 writes a normal model directory. Under ZeRO-3 the weights are gathered from every rank first (all
+    ranks enter the gather); the copy is then loaded into a fresh model, so LoRA merging never touches the
+    engine's partitioned parameters."""
+    import deepspeed
+
+    params = list(engine.module.parameters())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        state = {k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()} if rank == 0 else None
+    if rank == 0:
+        model = build_model(config.model_copy(update={"model": config.model.model_copy(
+            update={"gradient_checkpointing": False})}))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or [k for k in missing if "lora_" in k or "projector" in k]:
+            raise RuntimeError(f"export: state dict mismatch (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        model.save_pretrained(export_dir, merge_lora=config.merge_lora)
+        log.info("exported the trained model to %s", export_dir)
+    if dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,81 @@
+"""Cross-worker negatives are exact: 2 workers x batch b == 1 worker x batch 2b, hard negatives included."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from causal2vec.train.loss import info_nce
+
+B, H = 3, 2  # per-worker batch, hard negatives per query
+QUERIES = [f"query number {i} about packages" for i in range(2 * B)]
+POSITIVES = [f"document {i}: a Debian package that does thing {i}" for i in range(2 * B)]
+NEGATIVES = [f"hard negative {j} for query {i}" for i in range(2 * B) for j in range(H)]
+TOL = dict(atol=1e-6, rtol=1e-4)  # fp32; the two paths sum the same terms in a different order
+
+
+def _loss_and_grads(model, rows: range, *, gather: bool):
+    """InfoNCE over `rows` of the fixed batch, and the gradient of every trainable parameter."""
+    queries = [QUERIES[i] for i in rows]
+    docs = [POSITIVES[i] for i in rows] + [NEGATIVES[i * H + j] for i in rows for j in range(H)]
+    model.zero_grad()
+    q = model(model.builder(queries, "Instruct: find it\nQuery: "))
+    d = model(model.builder(docs))
+    loss = info_nce(q, d[:len(rows)], d[len(rows):], temperature=0.05, gather=gather)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+def _model():
+    from causal2vec import Causal2Vec
+
+    model = Causal2Vec.from_pretrained("tiny").enable_lora()
+    model.eval()  # dropout off: the comparison is about the math, not about random masks
+    return model
+
+
+def _worker(rank: int, port: int, out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        loss, grads = _loss_and_grads(_model(), range(rank * B, (rank + 1) * B), gather=True)
+        for g in grads.values():  # what DDP / DeepSpeed do: average gradients over workers
+            dist.all_reduce(g)
+            g /= 2
+        dist.all_reduce(loss)
+        if rank == 0:
+            out["loss"], out["grads"] = loss / 2, grads
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_workers_equal_one_worker_with_the_global_batch():
+    single_loss, single_grads = _loss_and_grads(_model(), range(2 * B), gather=False)
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
+        dist_loss, dist_grads = out["loss"], dict(out["grads"])
+    assert dist_loss == pytest.approx(float(single_loss), rel=1e-5)
+    assert set(dist_grads) == set(single_grads)
+    assert any("lora_" in n for n in dist_grads) and any("projector" in n for n in dist_grads)
+    for name, g in single_grads.items():
+        torch.testing.assert_close(dist_grads[name], g, **TOL, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_without_the_gather_two_workers_differ():
+    """The control: local-only negatives give a different loss, so the test above can fail."""
+    single_loss, _ = _loss_and_grads(_model(), range(2 * B), gather=False)
+    half_losses = [_loss_and_grads(_model(), range(r * B, (r + 1) * B), gather=False)[0] for r in range(2)]
+    assert abs(float(sum(half_losses) / 2) - float(single_loss)) > 1e-3
