@@ -51,9 +51,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = result.return_value or {}
     history = summary.get("history", [])
-    print(json.dumps({"final": history[-1] if history else None, "checkpoint": str(result.checkpoint.path)
-                      if result.checkpoint else None, "export_dir": summary.get("export_dir")}, indent=2,
-                     default=str))
+    final = history[-1] if history else {}
+    print("\nstep  loss    samples/s  dev nDCG@10")
+    for h in history:
+        dev = f"{h['dev_ndcg_at_10']:.4f}" if "dev_ndcg_at_10" in h else ""
+        print(f"{h['step']:>4}  {h['loss']:.4f}  {h['samples_per_s']:9.1f}  {dev}")
+    print(f"exported model: {summary.get('export_dir')}")
+    report = {"final": final, "history": history, "export_dir": summary.get("export_dir"),
+              "checkpoint": str(result.checkpoint.path) if result.checkpoint else None}
+    print("RESULT_JSON " + json.dumps(report, default=str))  # one line, for scripts and tests
     return 0
 
 

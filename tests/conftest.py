@@ -11,8 +11,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MTEB_CACHE", tempfile.mkdtemp(prefix="mteb-cache-"))  # mteb writes on import
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole session. More logical CPUs than cores: with num_cpus=2, Train
+    workers plus Ray Data tasks deadlock (PLATFORM notes)."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=256 * 2**20)
+    yield ray
+    ray.shutdown()
 
 
 @pytest.fixture(scope="session")

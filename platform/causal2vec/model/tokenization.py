@@ -105,11 +105,15 @@ class BatchBuilder:
     # Tokenizing is split from layout + padding so training can tokenize in parallel Ray Data tasks and collate
     # on the workers. Raw ids are capped one past the longest possible budget, so truncation is still detected.
     def tokenize_for_encoder(self, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:  # HF tokenizers fail on an empty list
+            return []
         cap = self.config.max_encoder_length - len(self._encoder_prefix) - len(self._encoder_suffix) + 1
         return self.encoder_tokenizer(list(texts), add_special_tokens=False, truncation=True,
                                       max_length=cap)["input_ids"]
 
     def tokenize_for_decoder(self, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:
+            return []
         return self.decoder_tokenizer(list(texts), add_special_tokens=False, truncation=True,
                                       max_length=self.config.max_decoder_length)["input_ids"]
 

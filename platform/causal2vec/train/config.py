@@ -151,5 +151,19 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise Causal2VecError(f"invalid training config: {problems}") from exc
-    config.ray.storage_path = str(Path(config.ray.storage_path).expanduser().resolve())
+    # Ray Train workers run in another directory: make every local path absolute here, on the driver
+    config.ray.storage_path = _absolute(config.ray.storage_path)
+    for source in config.data.train:
+        source.path = _absolute(source.path)
+    if config.data.dev:
+        config.data.dev.corpus = _absolute(config.data.dev.corpus)
+        config.data.dev.queries = _absolute(config.data.dev.queries)
+    if config.model.init and Path(config.model.init).exists():
+        config.model.init = _absolute(config.model.init)
+    if config.output_dir:
+        config.output_dir = _absolute(config.output_dir)
     return config
+
+
+def _absolute(path: str) -> str:
+    return path if "://" in path else str(Path(path).expanduser().resolve())

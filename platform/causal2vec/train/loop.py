@@ -155,45 +155,39 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     window = {"loss": 0.0, "n": 0, "samples": 0, "tokens": 0, "t0": time.perf_counter()}
     history: list[dict] = []
     engine.train()
-    while state.step < total_steps and state.epoch < config.optim.epochs:
-        schedule = epoch_schedule(batches_per_source, config.data.seed, state.epoch)
-        schedule = schedule[: steps_per_epoch * accum]  # whole optimizer steps only
-        for position, table in iterate_epoch(shards, schedule, mb, skip=state.position):
-            _maybe_fail(config, state, rank)
-            batch, b, tokens = collate(builder, table)
-            embeddings = engine(batch.to(device))
-            q, p, n = embeddings[:b], embeddings[b:2 * b], embeddings[2 * b:]
-            loss = info_nce(q, p, n, temperature=config.optim.temperature, symmetric=config.optim.symmetric)
-            engine.backward(loss)
-            engine.step()
-            state.position = position + 1
-            window["loss"] += loss.item()
-            window["n"] += 1
-            window["samples"] += b * world
-            window["tokens"] += tokens
-            if state.position % accum:
-                continue
-            state.step += 1
-            state.samples += b * world * accum
-            last = state.step >= total_steps
-            if state.step % config.ray.report_every_steps == 0 or last or \
-                    state.step % config.ray.checkpoint_every_steps == 0:
-                metrics = _window_metrics(window, state, scheduler, world)
-                if dev is not None and config.data.dev.every_steps and state.step % config.data.dev.every_steps == 0:
-                    metrics |= _dev_metrics(engine.module, dev)
-                history.append(metrics)
-                save = state.step % config.ray.checkpoint_every_steps == 0 and not last
-                _report(engine, state, metrics, save=save)
-            if last:
-                break
-        else:
-            state.epoch += 1
-            state.position = 0
+    epochs = _epochs(shards, batches_per_source, steps_per_epoch * accum, config, state)
+    for position, table in epochs:
+        if state.step >= total_steps:  # resumed from the final checkpoint of a finished run
+            break
+        _maybe_fail(config, state, rank)
+        batch, b, tokens = collate(builder, table)
+        embeddings = engine(batch.to(device))
+        q, p, n = embeddings[:b], embeddings[b:2 * b], embeddings[2 * b:]
+        loss = info_nce(q, p, n, temperature=config.optim.temperature, symmetric=config.optim.symmetric)
+        engine.backward(loss)
+        engine.step()
+        state.position = position + 1
+        window["loss"] += loss.item()
+        window["n"] += 1
+        window["samples"] += b * world
+        window["tokens"] += tokens
+        if state.position % accum:
             continue
-        break
+        state.step += 1
+        state.samples += b * world * accum
+        last = state.step >= total_steps
+        save = state.step % config.ray.checkpoint_every_steps == 0 and not last
+        if state.step % config.ray.report_every_steps == 0 or save or last:
+            metrics = _window_metrics(window, state, scheduler, world) | {"optimizer_step": _optimizer_step(engine)}
+            if dev is not None and config.data.dev.every_steps and state.step % config.data.dev.every_steps == 0:
+                metrics |= _dev_metrics(engine.module, dev)
+            history.append(metrics)
+            if not last:  # the last step reports once, below, after the export
+                _report(engine, state, metrics, save=save)
+        if last:
+            break
 
-    final = _window_metrics(window, state, scheduler, world) if window["n"] else dict(history[-1]) if history \
-        else {"step": state.step}
+    final = dict(history[-1]) if history else {"step": state.step}
     if dev is not None:
         final |= _dev_metrics(engine.module, dev)
     export_dir = config.export_dir
@@ -202,6 +196,27 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     history.append(final)
     _report(engine, state, final, save=True)
     return {"history": history, "state": asdict(state), "export_dir": str(export_dir)} if rank == 0 else None
+
+
+def _epochs(shards, batches_per_source: list[int], micro_per_epoch: int, config: TrainConfig, state: TrainState):
+    """(position, micro-batch) across epochs, continuing from `state` (mid-epoch after a resume)."""
+    while state.epoch < config.optim.epochs:
+        schedule = epoch_schedule(batches_per_source, config.data.seed, state.epoch)[:micro_per_epoch]
+        yield from iterate_epoch(shards, schedule, config.optim.micro_batch_size, skip=state.position)
+        state.epoch += 1
+        state.position = 0
+
+
+def _optimizer_step(engine) -> int:
+    """The step count inside the optimizer's own state: proves a resume restored the optimizer, not just a
+    counter."""
+    optimizer = engine.optimizer
+    while hasattr(optimizer, "optimizer"):  # DeepSpeed's ZeRO wrappers around the torch optimizer
+        optimizer = optimizer.optimizer
+    for state in optimizer.state.values():
+        if "step" in state:
+            return int(state["step"])
+    return 0
 
 
 def _window_metrics(window: dict, state: TrainState, scheduler, world: int) -> dict:
@@ -235,7 +250,12 @@ def _report(engine, state: TrainState, metrics: dict, *, save: bool) -> None:
 
 
 def _maybe_fail(config: TrainConfig, state: TrainState, rank: int) -> None:
-    """Fault injection for tests: rank 1 dies once, hard, when it reaches `ray.fail_at_step`."""
+    """Fault injection for tests: rank 1 dies once, hard, when it reaches `ray.fail_at_step`.
+
+    It first waits a few of Ray Train's controller polls: the controller registers a reported checkpoint only when
+    it next polls the workers (every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s), so a crash within one poll of a
+    checkpoint restarts from the one before it.
+    """
     at = config.ray.fail_at_step
     if at is None or rank != 1 or state.step != at:
         return
@@ -243,6 +263,7 @@ def _maybe_fail(config: TrainConfig, state: TrainState, rank: int) -> None:
     if not marker.exists():
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
+        time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")))
         os._exit(1)
 
 

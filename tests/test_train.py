@@ -1,0 +1,169 @@
+"""Ray Train + DeepSpeed training on CPU with the tiny model: ZeRO-2/3, export, resume, worker failure, job submit."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from causal2vec import Causal2Vec, Causal2VecError
+from causal2vec.train.config import load_config
+
+ROOT = Path(__file__).parents[1]
+CONFIG = ROOT / "jobs" / "configs" / "tiny.yaml"
+TEXTS = ["text editor for the terminal", "a library for parsing XML documents", "network monitoring daemon"]
+
+
+def _config(tmp_path, name: str, *overrides: str):
+    return load_config(CONFIG, [f"ray.storage_path={tmp_path}", f"ray.name={name}", "data.dev=null", *overrides])
+
+
+def _fit(config):
+    from causal2vec.train.trainer import run_training
+
+    result = run_training(config)
+    return result, result.return_value
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_workers_reduce_the_loss_and_export_a_loadable_model(ray_session, tmp_path, stage, tiny):
+    config = _config(tmp_path, f"zero{stage}", f"deepspeed.zero_stage={stage}", "optim.max_steps=24",
+                     "ray.report_every_steps=4", "ray.checkpoint_every_steps=12",
+                     "model.gradient_checkpointing=true")
+    result, summary = _fit(config)
+    losses = [h["loss"] for h in summary["history"]]
+    assert [h["step"] for h in summary["history"]] == [4, 8, 12, 16, 20, 24, 24]
+    assert np.mean(losses[-2:]) < losses[0] - 0.2, f"loss did not go down: {losses}"
+    assert result.checkpoint is not None
+
+    exported = Causal2Vec.from_pretrained(summary["export_dir"])
+    assert not exported.has_lora, "the default export merges LoRA"
+    after = exported.encode(TEXTS)
+    assert np.abs(after - tiny.encode(TEXTS)).max() > 1e-3, "training must have changed the model"
+    # the exported weights are the trained ones, not an empty/partial adapter (a ZeRO-3 trap): reload twice
+    np.testing.assert_allclose(Causal2Vec.from_pretrained(summary["export_dir"]).encode(TEXTS), after, atol=1e-6)
+
+
+def test_export_keeps_the_lora_adapter_when_asked(ray_session, tmp_path):
+    config = _config(tmp_path, "adapter", "deepspeed.zero_stage=3", "optim.max_steps=4", "merge_lora=false",
+                     "ray.num_workers=2")
+    _, summary = _fit(config)
+    model = Causal2Vec.from_pretrained(summary["export_dir"])
+    assert model.has_lora and (Path(summary["export_dir"]) / "decoder_lora" / "adapter_model.safetensors").is_file()
+    lora_b = [p for n, p in model.decoder.named_parameters() if "lora_B" in n]
+    assert lora_b and max(float(p.abs().max()) for p in lora_b) > 0, "trained adapters are not all zero"
+
+
+def test_resume_continues_from_the_checkpoint(ray_session, tmp_path):
+    first = _config(tmp_path, "resume", "optim.max_steps=8", "ray.report_every_steps=4",
+                    "ray.checkpoint_every_steps=4")
+    _, summary = _fit(first)
+    assert summary["state"]["step"] == 8 and summary["state"]["restarts"] == 0
+    second = _config(tmp_path, "resume", "optim.max_steps=16", "ray.report_every_steps=4",
+                     "ray.checkpoint_every_steps=4")
+    _, summary = _fit(second)
+    history = summary["history"]
+    assert history[0]["step"] == 12, "the second run starts after the first run's last checkpoint (step 8)"
+    assert summary["state"]["restarts"] == 1 and summary["state"]["step"] == 16
+    # the optimizer's own step count continued too: its state was restored, not just a counter
+    assert history[0]["optimizer_step"] == 12
+
+
+def test_a_killed_worker_is_recovered_from_the_last_checkpoint(ray_session, tmp_path):
+    config = _config(tmp_path, "crash", "optim.max_steps=12", "ray.report_every_steps=2",
+                     "ray.checkpoint_every_steps=4", "ray.fail_at_step=6", "ray.max_failures=1")
+    _, summary = _fit(config)
+    assert (tmp_path / "crash" / ".failed-at-6").exists(), "the worker really died"
+    history = summary["history"]
+    assert summary["state"]["restarts"] == 1 and summary["state"]["step"] == 12
+    assert history[0]["step"] == 6 and history[0]["optimizer_step"] == 6, \
+        "the restarted group resumed from the step-4 checkpoint, not from step 0"
+
+
+def test_bad_configs_and_data_are_named(ray_session, tmp_path):
+    with pytest.raises(Causal2VecError, match="optim.learning_rate: Extra inputs"):
+        load_config(CONFIG, ["optim.learning_rate=1"])
+    with pytest.raises(Causal2VecError, match="no such file"):
+        load_config(tmp_path / "missing.yaml")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from causal2vec.train.data import prepare_source
+    from causal2vec.train.trainer import model_spec
+
+    rows = {"query": ["q1", "", None, "q4", "q5"], "positive": ["p1", "p2", "p3", "  ", "p5"],
+            "negatives": [["n1"], ["n2"], ["n3"], ["n4"], []]}
+    pq.write_table(pa.table(rows), tmp_path / "pairs.parquet")
+    spec = model_spec(_config(tmp_path, "x"))
+    prepared = prepare_source(str(tmp_path / "pairs.parquet"), "p", spec, num_negatives=0, default_instruction=None)
+    assert (prepared.rows, prepared.dropped) == (2, 3)  # empty query, null query, blank positive
+    prepared = prepare_source(str(tmp_path / "pairs.parquet"), "p", spec, num_negatives=1, default_instruction=None)
+    assert (prepared.rows, prepared.dropped) == (1, 4)  # and q5 has no hard negative
+    pq.write_table(pa.table({"question": ["q"], "positive": ["p"]}), tmp_path / "bad.parquet")
+    with pytest.raises(Causal2VecError, match="missing column\\(s\\) query"):
+        prepare_source(str(tmp_path / "bad.parquet"), "b", spec, num_negatives=0, default_instruction=None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit_against_a_local_head_node(tmp_path):
+    """The documented command, against `ray start --head` (its own cluster, separate from the test session's)."""
+    bin_dir = Path(sys.executable).parent
+    ray_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's Unix socket paths are length-capped
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}  # as with the virtualenv activated
+    dashboard = _free_port()
+    start = [str(bin_dir / "ray"), "start", "--head", "--num-cpus=4", f"--port={_free_port()}",
+             f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
+             # every agent on its own free port: the defaults clash with the test session's Ray on this machine
+             f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+             f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+             f"--ray-client-server-port={_free_port()}",
+             "--disable-usage-stats", f"--temp-dir={ray_dir}"]
+    subprocess.run(start, check=True, env=env, capture_output=True, timeout=120)
+    try:
+        submit = [str(bin_dir / "ray"), "job", "submit", f"--address=http://127.0.0.1:{dashboard}",
+                  "--working-dir", ".", "--", "python", "jobs/train.py", "--config", "jobs/configs/tiny.yaml",
+                  "--set", f"ray.storage_path={tmp_path / 'runs'}", "--set", "optim.max_steps=6",
+                  "--set", "data.dev.limit_queries=50"]
+        for _ in range(15):  # the node's job agent comes up a few seconds after `ray start` returns
+            out = subprocess.run(submit, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+            if "No available agent" not in out.stderr:
+                break
+            time.sleep(2)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert "succeeded" in out.stdout
+        model = Causal2Vec.from_pretrained(tmp_path / "runs" / "tiny" / "model")
+        assert model.encode(TEXTS).shape == (3, model.embedding_dim)
+        line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT_JSON "))
+        summary = json.loads(line.removeprefix("RESULT_JSON "))
+        assert summary["final"]["step"] == 6 and 0 <= summary["final"]["dev_ndcg_at_10"] <= 1
+    finally:
+        stop_cluster(ray_dir)
+
+
+def stop_cluster(temp_dir: Path) -> None:
+    """Stop only the cluster started with this --temp-dir (`ray stop` would also kill the session's Ray)."""
+    import psutil
+
+    mine = [p for p in psutil.process_iter(["cmdline"])
+            if str(temp_dir) in " ".join(p.info["cmdline"] or []) and p.pid != os.getpid()]
+    for proc in mine:
+        proc.terminate()
+    _, alive = psutil.wait_procs(mine, timeout=15)
+    for proc in alive:
+        proc.kill()
+    shutil.rmtree(temp_dir, ignore_errors=True)
