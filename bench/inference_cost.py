@@ -97,35 +97,43 @@ def run_baseline(model, rows) -> np.ndarray:
     return torch.stack([hidden[i, pos].mean(0) for i, (_, pos) in enumerate(rows)]).float().cpu().numpy()
 
 
-def time_methods(model, texts: list[str], examples, batch_size: int, repeats: int) -> dict[str, dict]:
+def time_methods(model, texts: list[str], examples, batch_size: int, repeats: int) -> dict:
+    """Per-method tokens and best wall time per text.
+
+    Every method first runs once over all batches untimed (allocator and oneDNN kernel caches warm up per shape);
+    then `repeats` timed rounds run the methods in a rotated order, so drift does not favour one method.
+    """
     batches = [texts[i:i + batch_size] for i in range(0, len(texts), batch_size)]  # texts come sorted by length
-    out = {}
+    steps, tokens = {}, {}
     for method in METHODS:
         if method == "causal2vec":
-            step = lambda b: model.encode(b, batch_size=len(b))  # noqa: E731
-            dec_tokens = model.builder.count_decoder_tokens(texts)
-            enc_tokens = model.builder.encode_for_encoder(texts).attention_mask.sum(1).tolist()
+            steps[method] = lambda b: model.encode(b, batch_size=len(b))  # noqa: E731
+            tokens[method] = (model.builder.count_decoder_tokens(texts),
+                              model.builder.encode_for_encoder(texts).attention_mask.sum(1).tolist())
         else:
-            step = lambda b, m=method: run_baseline(model, baseline_rows(model, b, m, examples))  # noqa: E731
-            dec_tokens = [len(r) for r, _ in baseline_rows(model, texts, method, examples)]
-            enc_tokens = [0] * len(texts)
-        step(batches[0][:2])  # warm-up
-        best = float("inf")
-        for _ in range(repeats):
+            steps[method] = lambda b, m=method: run_baseline(model, baseline_rows(model, b, m, examples))  # noqa: E731
+            tokens[method] = ([len(r) for r, _ in baseline_rows(model, texts, method, examples)], [0] * len(texts))
+    best = dict.fromkeys(METHODS, float("inf"))
+    for round_ in range(repeats + 1):
+        order = METHODS[round_ % len(METHODS):] + METHODS[:round_ % len(METHODS)]
+        for method in order:
             t0 = time.perf_counter()
             for batch in batches:
-                step(batch)
-            best = min(best, time.perf_counter() - t0)
-        out[method] = {"decoder_tokens_per_text": float(np.mean(dec_tokens)),
-                       "encoder_tokens_per_text": float(np.mean(enc_tokens)),
-                       "seconds_per_text": best / len(texts)}
+                steps[method](batch)
+            if round_ > 0:  # round 0 is the warm-up
+                best[method] = min(best[method], time.perf_counter() - t0)
+    out = {}
+    for method in METHODS:
+        out[method] = {"decoder_tokens_per_text": float(np.mean(tokens[method][0])),
+                       "encoder_tokens_per_text": float(np.mean(tokens[method][1])),
+                       "seconds_per_text": best[method] / len(texts)}
         print(f"    {method:<11} {out[method]['decoder_tokens_per_text']:7.1f} dec tok/text  "
               f"{1000 * out[method]['seconds_per_text']:8.1f} ms/text", flush=True)
     c2v = out["causal2vec"]
     for base in ("echo", "icl", "last-token"):
         c2v[f"time_ratio_vs_{base}"] = c2v["seconds_per_text"] / out[base]["seconds_per_text"]
         c2v[f"token_ratio_vs_{base}"] = c2v["decoder_tokens_per_text"] / out[base]["decoder_tokens_per_text"]
-    return out
+    return {"n_texts": len(texts), "repeats": repeats, "batch_size": batch_size, "methods": out}
 
 
 def hardware() -> dict:
@@ -154,8 +162,10 @@ def plot(results: dict, path: Path) -> None:
     width = 0.8 / len(METHODS)
     for j, method in enumerate(METHODS):
         xs = np.arange(len(runs)) + j * width
-        axes[0].bar(xs, [1000 * results[r][method]["seconds_per_text"] for r in runs], width, label=method)
-        axes[1].bar(xs, [results[r][method]["decoder_tokens_per_text"] for r in runs], width, label=method)
+        axes[0].bar(xs, [1000 * results[r]["methods"][method]["seconds_per_text"] for r in runs], width,
+                    label=method)
+        axes[1].bar(xs, [results[r]["methods"][method]["decoder_tokens_per_text"] for r in runs], width,
+                    label=method)
     for ax, title in zip(axes, ["wall time per text (ms, log)", "decoder tokens per text"]):
         ax.set_xticks(np.arange(len(runs)) + 0.4 - width / 2, runs, fontsize=8)
         ax.set_title(title)
@@ -172,12 +182,12 @@ def main() -> int:
                         help="parquet with a `text` column (documents to embed)")
     parser.add_argument("--examples", default="platform/causal2vec/samples/pairs.parquet",
                         help="parquet with `query`, `positive`: the ICL few-shot examples are drawn from it")
-    parser.add_argument("--n", type=int, default=32, help="texts to time")
+    parser.add_argument("--n", type=int, default=16, help="texts to time")
     parser.add_argument("--sizes", nargs="+", default=["0.5B", "1.5B"], choices=list(SIZES))
     parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2, help="timed rounds after the warm-up round (best kept)")
     parser.add_argument("--output", default=str(RESULTS / "inference_cost.json"))
     parser.add_argument("--merge", action="store_true",
                         help="add these runs to an existing --output (run sizes/dtypes in separate invocations)")
@@ -207,8 +217,7 @@ def main() -> int:
         previous = json.loads(out.read_text())
         results = previous["results"] | results
         command = previous["command"] if command in previous["command"] else f"{previous['command']} && {command}"
-    report = {"command": command, "hardware": hardware(), "texts": args.texts, "n_texts": args.n,
-              "batch_size": args.batch_size, "repeats": args.repeats, "results": results}
+    report = {"command": command, "hardware": hardware(), "texts": args.texts, "results": results}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     plot(results, out.with_suffix(".png"))
@@ -216,7 +225,7 @@ def main() -> int:
     print("\n| run | C2V/Echo time | C2V/ICL time | C2V/last-token time | C2V/Echo tokens | C2V/ICL tokens |")
     print("|---|---|---|---|---|---|")
     for run, r in results.items():
-        c = r["causal2vec"]
+        c = r["methods"]["causal2vec"]
         print(f"| {run} | {c['time_ratio_vs_echo']:.2f} | {c['time_ratio_vs_icl']:.2f} | "
               f"{c['time_ratio_vs_last-token']:.2f} | {c['token_ratio_vs_echo']:.2f} | {c['token_ratio_vs_icl']:.2f} |")
     return 0
