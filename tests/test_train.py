@@ -133,6 +133,7 @@ def test_ray_job_submit_against_a_local_head_node(tmp_path):
              f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}",
              f"--ray-client-server-port={_free_port()}",
              "--disable-usage-stats", f"--temp-dir={ray_dir}"]
+    agents_before = _dashboard_agents()
     subprocess.run(start, check=True, env=env, capture_output=True, timeout=120)
     try:
         submit = [str(bin_dir / "ray"), "job", "submit", f"--address=http://127.0.0.1:{dashboard}",
@@ -153,17 +154,38 @@ def test_ray_job_submit_against_a_local_head_node(tmp_path):
         assert summary["final"]["step"] == 6 and 0 <= summary["final"]["dev_ndcg_at_10"] <= 1
     finally:
         stop_cluster(ray_dir)
+    leftover = _dashboard_agents() - agents_before
+    assert not leftover, f"the head's agents were left behind: {leftover}"
+
+
+def _dashboard_agents() -> set[int]:
+    """PIDs of live Ray dashboard agents (they rename themselves, so they are found by their title)."""
+    import psutil
+
+    return {p.pid for p in psutil.process_iter(["cmdline", "status"])
+            if p.info["status"] != psutil.STATUS_ZOMBIE and (p.info["cmdline"] or [""])[0].startswith("ray::Dash")}
 
 
 def stop_cluster(temp_dir: Path) -> None:
     """Stop only the cluster started with this --temp-dir (`ray stop` would also kill the session's Ray)."""
     import psutil
 
-    mine = [p for p in psutil.process_iter(["cmdline"])
-            if str(temp_dir) in " ".join(p.info["cmdline"] or []) and p.pid != os.getpid()]
+    roots = [p for p in psutil.process_iter(["cmdline"])
+             if str(temp_dir) in " ".join(p.info["cmdline"] or []) and p.pid != os.getpid()]
+    # the agents rename themselves (ray::DashboardAgent): find them as the raylet's children
+    mine = {p.pid: p for root in roots for p in [root, *_children(root)]}.values()
     for proc in mine:
         proc.terminate()
-    _, alive = psutil.wait_procs(mine, timeout=15)
+    _, alive = psutil.wait_procs(list(mine), timeout=15)
     for proc in alive:
         proc.kill()
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _children(proc):
+    import psutil
+
+    try:
+        return proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
