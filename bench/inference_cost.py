@@ -193,9 +193,9 @@ def main() -> int:
                         help="add these runs to an existing --output (run sizes/dtypes in separate invocations)")
     args = parser.parse_args()
 
-    from causal2vec.cli import _quiet_third_party
+    from causal2vec.cli import quiet_third_party
 
-    _quiet_third_party(verbose=False)
+    quiet_third_party(verbose=False)
     rng = np.random.default_rng(0)
     all_texts = pq.read_table(args.texts, columns=["text"])["text"].to_pylist()
     texts = sorted((all_texts[i] for i in rng.choice(len(all_texts), args.n, replace=False)), key=len, reverse=True)

@@ -18,10 +18,10 @@ def main() -> int:
     import pyarrow.parquet as pq
 
     from causal2vec import Causal2Vec
-    from causal2vec.cli import _quiet_third_party
+    from causal2vec.cli import quiet_third_party
     from causal2vec.samples import CORPUS, QUERIES
 
-    _quiet_third_party(verbose=False)
+    quiet_third_party(verbose=False)
     step = lambda msg: print(f"\n==> {msg}", flush=True)  # noqa: E731
 
     step("building the bundled `tiny` Causal2Vec model (random-init BERT encoder + Llama decoder, offline)")

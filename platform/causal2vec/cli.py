@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _quiet_third_party(args.verbose)
+    quiet_third_party(args.verbose)
     try:
         args.func(args)
     except Causal2VecError as exc:
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _quiet_third_party(verbose: bool) -> None:
+def quiet_third_party(verbose: bool) -> None:
     """transformers' load reports and shard progress bars drown a CLI's own output."""
     if verbose:
         return

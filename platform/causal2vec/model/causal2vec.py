@@ -20,7 +20,7 @@ from causal2vec.errors import Causal2VecError
 from causal2vec.model.config import Causal2VecConfig, LoraSettings
 from causal2vec.model.context_encoder import ContextEncoder
 from causal2vec.model.devices import resolve_device, resolve_dtype
-from causal2vec.model.tokenization import Batch, BatchBuilder, DecoderBatch, EncoderBatch, validate_texts
+from causal2vec.model.tokenization import Batch, BatchBuilder, DecoderBatch, EncoderBatch, per_text, validate_texts
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +134,12 @@ class Causal2Vec(nn.Module):
         if mode == "mean":
             mask = batch.pool_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1)
-        else:
-            h_eos = hidden[rows, batch.eos_index]
-            h_ctx = hidden[rows, batch.ctx_index] if self.config.use_ctx_token else None
-            pooled = {"last": h_eos, "ctx": h_ctx, "concat": None}[mode]
-            if mode == "concat":
-                pooled = torch.cat([h_ctx, h_eos], dim=-1)
+        elif mode == "last":
+            pooled = hidden[rows, batch.eos_index]
+        elif mode == "ctx":
+            pooled = hidden[rows, batch.ctx_index]
+        else:  # concat: [h_ctx ; h_eos]
+            pooled = torch.cat([hidden[rows, batch.ctx_index], hidden[rows, batch.eos_index]], dim=-1)
         normalize = self.config.normalize if normalize is None else normalize
         return F.normalize(pooled.float(), dim=-1).to(pooled.dtype) if normalize else pooled
 
@@ -164,7 +164,7 @@ class Causal2Vec(nn.Module):
         texts = validate_texts(texts)
         if batch_size < 1:
             raise Causal2VecError(f"batch_size must be >= 1, got {batch_size}")
-        instructions = BatchBuilder._per_text(instruction, len(texts))
+        instructions = per_text(instruction, len(texts))
         out = np.zeros((len(texts), self.embedding_dim), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
         was_training = self.training

@@ -127,7 +127,7 @@ class BatchBuilder:
 
     def decoder_batch(self, token_ids: Sequence[Sequence[int]],
                       instruction: str | Sequence[str | None] | None = None) -> DecoderBatch:
-        instructions = self._per_text(instruction, len(token_ids))
+        instructions = per_text(instruction, len(token_ids))
         cfg = self.config
         rows, ctx_at, eos_at, pool_from, truncated = [], [], [], [], []
         for ids, ins in zip(token_ids, instructions):
@@ -179,15 +179,17 @@ class BatchBuilder:
                 instruction, add_special_tokens=False)["input_ids"]
         return self._instruction_cache[instruction]
 
-    @staticmethod
-    def _per_text(instruction, n: int) -> list[str | None]:
-        if instruction is None or isinstance(instruction, str):
-            return [instruction] * n
-        instructions = list(instruction)
-        if len(instructions) != n:
-            raise Causal2VecError(f"got {len(instructions)} instructions for {n} texts; pass one instruction "
-                                  "or one per text")
-        return instructions
+
+
+def per_text(instruction: str | Sequence[str | None] | None, n: int) -> list[str | None]:
+    """One instruction for all texts, or one per text, as a list of n."""
+    if instruction is None or isinstance(instruction, str):
+        return [instruction] * n
+    instructions = list(instruction)
+    if len(instructions) != n:
+        raise Causal2VecError(f"got {len(instructions)} instructions for {n} texts; pass one instruction "
+                              "or one per text")
+    return instructions
 
 
 def validate_texts(texts) -> list[str]:

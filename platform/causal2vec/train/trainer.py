@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 from causal2vec.train.config import TrainConfig
 from causal2vec.train.data import prepare_source
@@ -35,8 +34,7 @@ def run_training(config: TrainConfig):
         sources.append({"name": prepared.name, "rows": prepared.rows, "dropped": prepared.dropped})
         datasets[f"train{i}"] = prepared.dataset
 
-    worker_env = {} if config.ray.use_gpu else {"DS_ACCELERATOR": "cpu"}
-    os.environ.update(worker_env)  # Ray Train workers inherit the driver's job environment on a local cluster
+    worker_env = {} if config.ray.use_gpu else {"DS_ACCELERATOR": "cpu"}  # set by each worker before deepspeed
     resources = {"CPU": config.ray.cpus_per_worker}
     if config.ray.use_gpu:
         resources["GPU"] = config.ray.gpus_per_worker
