@@ -98,6 +98,39 @@ def _run_mteb(model, args: argparse.Namespace, local) -> dict[str, dict]:
                               "the hub need network access or a local HF datasets cache") from exc
 
 
+def _cmd_mine(args: argparse.Namespace) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from causal2vec.eval.retrieval import read_table
+    from causal2vec.model import Causal2Vec
+    from causal2vec.train.mining import mine_hard_negatives
+
+    pairs = read_table(args.pairs)
+    missing = {"query", "positive"} - set(pairs.column_names)
+    if missing:
+        raise Causal2VecError(f"{args.pairs}: missing column(s) {', '.join(sorted(missing))}")
+    queries, positives = pairs["query"].to_pylist(), pairs["positive"].to_pylist()
+    bad = next((i for i, (q, p) in enumerate(zip(queries, positives))
+                if not (isinstance(q, str) and q.strip() and isinstance(p, str) and p.strip())), None)
+    if bad is not None:
+        raise Causal2VecError(f"{args.pairs}: row {bad} has an empty or missing query/positive")
+    if args.corpus:
+        corpus_table = read_table(args.corpus)
+        if args.text_column not in corpus_table.column_names:
+            raise Causal2VecError(f"{args.corpus}: no column {args.text_column!r}")
+        corpus = [t for t in corpus_table[args.text_column].to_pylist() if isinstance(t, str) and t.strip()]
+    else:
+        corpus = positives
+    model = Causal2Vec.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    negatives = mine_hard_negatives(model, queries, positives, corpus, num=args.num, skip=args.skip,
+                                    instruction=args.instruction, batch_size=args.batch_size, show_progress=True)
+    table = pairs.drop_columns([c for c in ("negatives",) if c in pairs.column_names])
+    pq.write_table(table.append_column("negatives", pa.array(negatives, pa.list_(pa.string()))), args.output)
+    print(f"wrote {table.num_rows} pairs with up to {args.num} hard negatives each to {args.output}",
+          file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="causal2vec", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -125,6 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="score local tasks with the fast local evaluator or through mteb (same numbers)")
     ev.add_argument("--output", help="write the scores as JSON here")
     ev.set_defaults(func=_cmd_eval)
+
+    mine = sub.add_parser("mine-negatives", help="add a `negatives` column of mined hard negatives to a pairs file")
+    _add_model_args(mine)
+    mine.add_argument("--pairs", required=True, help="pairs file (query, positive)")
+    mine.add_argument("--corpus", help="where negatives come from (default: the pairs' positives)")
+    mine.add_argument("--text-column", default="text", help="the corpus's text column")
+    mine.add_argument("--num", type=int, default=4, help="negatives per query")
+    mine.add_argument("--skip", type=int, default=3, help="nearest non-positive neighbours to leave out")
+    mine.add_argument("--instruction", help="query-side instruction used when embedding the queries")
+    mine.add_argument("--output", required=True, help="output parquet")
+    mine.set_defaults(func=_cmd_mine)
     return parser
 
 
