@@ -108,6 +108,11 @@ def test_bad_configs_and_data_are_named(ray_session, tmp_path):
     assert (prepared.rows, prepared.dropped) == (2, 3)  # empty query, null query, blank positive
     prepared = prepare_source(str(tmp_path / "pairs.parquet"), "p", spec, num_negatives=1, default_instruction=None)
     assert (prepared.rows, prepared.dropped) == (1, 4)  # and q5 has no hard negative
+    (tmp_path / "pairs.jsonl").write_text('{"query": "q1", "positive": "p1"}\n{"query": "", "positive": "p2"}\n'
+                                          '{"query": "q3", "positive": "p3", "instruction": "Find: "}\n')
+    prepared = prepare_source(str(tmp_path / "pairs.jsonl"), "j", spec, num_negatives=0, default_instruction="D: ")
+    assert (prepared.rows, prepared.dropped) == (2, 1)
+    assert sorted(prepared.dataset.to_pandas()["instruction"]) == ["D: ", "Find: "]
     pq.write_table(pa.table({"question": ["q"], "positive": ["p"]}), tmp_path / "bad.parquet")
     with pytest.raises(Causal2VecError, match="missing column\\(s\\) query"):
         prepare_source(str(tmp_path / "bad.parquet"), "b", spec, num_negatives=0, default_instruction=None)

@@ -34,7 +34,7 @@ def read_pairs(path: str):
     if suffix == ".parquet":
         return ray.data.read_parquet(path)
     if suffix in (".jsonl", ".json"):
-        return ray.data.read_json(path, lines=True) if suffix == ".jsonl" else ray.data.read_json(path)
+        return ray.data.read_json(path)  # pyarrow reads newline-delimited JSON
     raise Causal2VecError(f"training data {path!r}: use .parquet or .jsonl files")
 
 
@@ -115,15 +115,14 @@ class _Tokenize:
         flat_negs = [n for k in keep for n in k[2]]
         n_enc, n_dec = b.tokenize_for_encoder(flat_negs), b.tokenize_for_decoder(flat_negs)
         group = lambda ids: [ids[i * self.h:(i + 1) * self.h] for i in range(len(keep))]  # noqa: E731
-        list_of = lambda t: pa.list_(t)  # noqa: E731
-        i32 = list_of(pa.int32())
+        i32 = pa.list_(pa.int32())
         return pa.table({
             "q_enc": pa.array(b.tokenize_for_encoder(queries), i32),
             "q_dec": pa.array(b.tokenize_for_decoder(queries), i32),
             "p_enc": pa.array(b.tokenize_for_encoder(positives), i32),
             "p_dec": pa.array(b.tokenize_for_decoder(positives), i32),
-            "n_enc": pa.array(group(n_enc), list_of(i32)),
-            "n_dec": pa.array(group(n_dec), list_of(i32)),
+            "n_enc": pa.array(group(n_enc), pa.list_(i32)),
+            "n_dec": pa.array(group(n_dec), pa.list_(i32)),
             "instruction": pa.array([k[3] for k in keep], pa.string()),
         })
 
