@@ -77,8 +77,7 @@ def load(path_or_preset: str | Path, *, device=None, dtype=None, **config_overri
     name = str(path_or_preset)
     if name in presets.PRESETS:
         return presets.build(name, device=device, dtype=dtype, **config_overrides)
-    root, meta = _saved_model(name)
-    config = dataclasses.replace(Causal2VecConfig.from_dict(meta["config"]), **config_overrides)
+    root, meta, config = _saved_model(name, config_overrides)
     encoder, enc_tok = (load_hf_encoder(_resolve(root, config.encoder)) if config.use_ctx_token else (None, None))
     decoder, dec_tok = load_hf_decoder(_resolve(root, config.decoder), config.attn_implementation)
     projector_state = load_file(root / PROJECTOR_FILE) if config.use_ctx_token else None
@@ -105,8 +104,7 @@ def load_builder(path_or_preset: str | Path, **config_overrides) -> BatchBuilder
     if name in presets.PRESETS:
         preset = presets.get(name)
         return BatchBuilder(*preset.tokenizers(), dataclasses.replace(preset.config(), **config_overrides))
-    root, meta = _saved_model(name)
-    config = dataclasses.replace(Causal2VecConfig.from_dict(meta["config"]), **config_overrides)
+    root, _, config = _saved_model(name, config_overrides)
     dec_tok = AutoTokenizer.from_pretrained(_resolve(root, config.decoder))
     enc_tok = AutoTokenizer.from_pretrained(_resolve(root, config.encoder)) if config.use_ctx_token else dec_tok
     return BatchBuilder(enc_tok, dec_tok, config)
@@ -123,7 +121,8 @@ def load_builder_for_ids(encoder: str, decoder: str, **config_overrides) -> Batc
     return BatchBuilder(enc_tok, dec_tok, config)
 
 
-def _saved_model(name: str) -> tuple[Path, dict]:
+def _saved_model(name: str, config_overrides: dict) -> tuple[Path, dict, Causal2VecConfig]:
+    """A saved model directory's root, its causal2vec.json, and its config with the overrides applied."""
     from causal2vec.model import presets
 
     root = Path(name).expanduser()
@@ -131,7 +130,8 @@ def _saved_model(name: str) -> tuple[Path, dict]:
         hint = f"no {MODEL_FILE} in that directory" if root.is_dir() else "no such directory"
         raise Causal2VecError(f"cannot load Causal2Vec model {name!r}: {hint}. Pass a directory written by "
                               f"save_pretrained or a preset ({', '.join(presets.PRESETS)})")
-    return root, json.loads((root / MODEL_FILE).read_text())
+    meta = json.loads((root / MODEL_FILE).read_text())
+    return root, meta, dataclasses.replace(Causal2VecConfig.from_dict(meta["config"]), **config_overrides)
 
 
 def save(model: Causal2Vec, path: str | Path, *, merge_lora: bool = False) -> Path:

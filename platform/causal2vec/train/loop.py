@@ -188,7 +188,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
             break
 
     final = dict(history[-1]) if history else {"step": state.step}
-    if dev is not None:
+    if dev is not None and "dev_ndcg_at_10" not in final:  # not already evaluated at this step
         final |= _dev_metrics(engine.module, dev)
     export_dir = config.export_dir
     _export(engine, config, rank, export_dir)
