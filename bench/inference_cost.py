@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform as stdlib_platform
 import sys
 import time
 from pathlib import Path
@@ -24,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from common import RESULTS, hardware, pyplot
+from common import command as this_command
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-RESULTS = Path(__file__).parent / "results"
 SIZES = {  # Qwen2 family shapes
     "0.5B": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                  num_key_value_heads=2),
@@ -136,27 +135,8 @@ def time_methods(model, texts: list[str], examples, batch_size: int, repeats: in
     return {"n_texts": len(texts), "repeats": repeats, "batch_size": batch_size, "methods": out}
 
 
-def hardware() -> dict:
-    info = {"cpu": stdlib_platform.processor() or stdlib_platform.machine(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__}
-    try:
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    from causal2vec.model.devices import cpu_has_native_bf16
-
-    info["cpu_native_bf16"] = cpu_has_native_bf16()
-    return info
-
-
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     runs = list(results)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     width = 0.8 / len(METHODS)
@@ -211,7 +191,7 @@ def main() -> int:
             print(f"    built in {time.perf_counter() - t0:.0f}s", flush=True)
             results[f"{size} {dtype}"] = time_methods(model, texts, examples, args.batch_size, args.repeats)
             del model
-    command = " ".join(["python", *sys.argv])
+    command = this_command()
     out = Path(args.output)
     if args.merge and out.exists():
         previous = json.loads(out.read_text())

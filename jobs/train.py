@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nstep  loss    samples/s  dev nDCG@10")
     for h in history:
         dev = f"{h['dev_ndcg_at_10']:.4f}" if "dev_ndcg_at_10" in h else ""
-        print(f"{h['step']:>4}  {h['loss']:.4f}  {h['samples_per_s']:9.1f}  {dev}")
+        print(f"{h['step']:>4}  {h.get('loss', float('nan')):.4f}  {h.get('samples_per_s', float('nan')):9.1f}  {dev}")
     print(f"exported model: {summary.get('export_dir')}")
     report = {"final": final, "history": history, "export_dir": summary.get("export_dir"),
               "checkpoint": str(result.checkpoint.path) if result.checkpoint else None}

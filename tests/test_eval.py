@@ -151,3 +151,13 @@ def test_eval_job_writes_json(small_task, tmp_path):
 def test_query_instruction_template():
     assert query_instruction("find it") == "Instruct: find it\nQuery: "
     assert query_instruction(None) is None
+
+
+def test_corpus_limit_keeps_every_judged_document():
+    ids = [f"d{i}" for i in range(10)]
+    task = RetrievalTask("T", ["q1", "q2"], ["a", "b"], ids, [f"text {i}" for i in range(10)],
+                         {"q1": {"d7": 1}, "q2": {"d9": 1}})
+    small = task.with_corpus_limit(4)
+    assert small.corpus_ids == ["d0", "d1", "d7", "d9"]  # judged first, then distractors, in corpus order
+    assert small.corpus == ["text 0", "text 1", "text 7", "text 9"]
+    assert task.with_corpus_limit(100) is task

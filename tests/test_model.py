@@ -204,6 +204,15 @@ def test_load_errors_are_clear(tmp_path):
         Causal2Vec.from_pretrained(tmp_path)
 
 
+def test_from_pretrained_applies_config_overrides(tiny, tmp_path):
+    """Presets and saved directories both take non-structural overrides (training sets max lengths this way)."""
+    tiny.save_pretrained(tmp_path / "m")
+    for source in ("tiny", tmp_path / "m"):
+        model = Causal2Vec.from_pretrained(source, pooling="last", max_decoder_length=32)
+        assert (model.config.pooling, model.config.max_decoder_length) == ("last", 32)
+        assert model.encode([SHORT]).shape == (1, tiny.hidden_size)
+
+
 def test_from_config_loads_hf_dirs(tiny, tmp_path):
     """Real HF ids and local paths load through the same code: here, local HF directories."""
     from causal2vec.model.config import Causal2VecConfig

@@ -58,6 +58,17 @@ class RetrievalTask:
             raise Causal2VecError(f"task {self.name!r}: {len(missing)} judged document(s) are not in the corpus, "
                                   f"e.g. {sorted(missing)[:3]}")
 
+    def with_corpus_limit(self, limit: int) -> RetrievalTask:
+        """A cheaper task: every judged document plus the first distractors in corpus order, `limit` in all."""
+        if len(self.corpus) <= limit:
+            return self
+        judged = {d for q in self.query_ids for d in self.qrels.get(q, {})}
+        keep = [i for i, d in enumerate(self.corpus_ids) if d in judged]
+        keep += [i for i, d in enumerate(self.corpus_ids) if d not in judged][: max(0, limit - len(keep))]
+        keep.sort()
+        return RetrievalTask(self.name, self.query_ids, self.queries, [self.corpus_ids[i] for i in keep],
+                             [self.corpus[i] for i in keep], self.qrels, self.description)
+
     @classmethod
     def from_files(cls, corpus: str | Path, queries: str | Path, qrels: str | Path | None = None, *,
                    name: str | None = None, description: str | None = None, limit_queries: int | None = None,

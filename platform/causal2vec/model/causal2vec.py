@@ -43,11 +43,14 @@ class Causal2Vec(nn.Module):
     # -- construction and persistence (the logic lives in io.py / presets.py) ------------------------------------
     @classmethod
     def from_pretrained(cls, path_or_preset: str | Path, *, device: str | None = None,
-                        dtype: str | torch.dtype | None = None) -> Causal2Vec:
-        """Load a saved model directory, or build a named preset (`tiny`, `minilm-small`, ...)."""
+                        dtype: str | torch.dtype | None = None, **config_overrides) -> Causal2Vec:
+        """Load a saved model directory, or build a named preset (`tiny`, `minilm-small`, ...).
+
+        `config_overrides` change non-structural config fields, e.g. `max_decoder_length=128` or `pooling="last"`.
+        """
         from causal2vec.model import io
 
-        return io.load(path_or_preset, device=device, dtype=dtype)
+        return io.load(path_or_preset, device=device, dtype=dtype, **config_overrides)
 
     @classmethod
     def from_config(cls, config: Causal2VecConfig, *, device: str | None = None,

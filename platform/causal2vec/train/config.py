@@ -96,7 +96,9 @@ class DeepSpeedSection(_Section):
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False
     offload_params: bool = False
-    bf16: Literal["auto", True, False] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    # auto: bf16 on GPU, fp32 on CPU. true on CPU: bf16 autocast (fp32 weights and optimizer; CPUs with native
+    # bf16 run its matmuls several times faster), since DeepSpeed's bf16 mode targets accelerators
+    bf16: Literal["auto", True, False] = "auto"
 
 
 class RaySection(_Section):

@@ -60,7 +60,7 @@ def prepare_source(path: str, name: str, model_spec: dict, *, num_negatives: int
                               "`negatives` list column (see `causal2vec mine-negatives`)")
     total = raw.count()
     tokenized = raw.map_batches(
-        _Tokenize, fn_constructor_kwargs=dict(model_spec=model_spec, num_negatives=num_negatives,
+        TokenizePairs, fn_constructor_kwargs=dict(model_spec=model_spec, num_negatives=num_negatives,
                                               default_instruction=default_instruction),
         batch_format="pyarrow", batch_size=256, compute=_actor_pool()).materialize()
     rows = tokenized.count()
@@ -91,7 +91,7 @@ def _ok(text) -> bool:
     return isinstance(text, str) and bool(text.strip())
 
 
-class _Tokenize:
+class TokenizePairs:
     """Ray Data callable class: loads the tokenizers once per actor, drops bad rows, emits raw token ids."""
 
     def __init__(self, model_spec: dict, num_negatives: int, default_instruction: str | None):

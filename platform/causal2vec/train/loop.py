@@ -13,7 +13,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,6 +38,7 @@ class TrainState:
     position: int = 0  # micro-batches of this epoch already consumed (per rank)
     samples: int = 0  # queries seen, all ranks
     restarts: int = 0
+    history: list[dict] = field(default_factory=list)  # every report so far, so a resumed run keeps its curve
 
 
 def build_model(config: TrainConfig):
@@ -87,9 +88,14 @@ def lr_lambda(config: TrainConfig, total_steps: int):
     return factor
 
 
+def cpu_autocast(config: TrainConfig, use_gpu: bool):
+    """bf16 autocast for CPU runs that ask for bf16 (see DeepSpeedSection.bf16); a no-op otherwise."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=not use_gpu and config.deepspeed.bf16 is True)
+
+
 def deepspeed_config(config: TrainConfig, use_gpu: bool) -> dict:
     ds = config.deepspeed
-    bf16 = use_gpu if ds.bf16 == "auto" else bool(ds.bf16)
+    bf16 = use_gpu and ds.bf16 in ("auto", True)
     zero: dict = {"stage": ds.zero_stage}
     if ds.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu"}
@@ -153,7 +159,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     dev = _dev_task(config) if config.data.dev else None
     shards = [ray.train.get_dataset_shard(f"train{i}") for i in range(len(sources))]
     window = {"loss": 0.0, "n": 0, "samples": 0, "tokens": 0, "t0": time.perf_counter()}
-    history: list[dict] = []
+    history = state.history
     engine.train()
     epochs = _epochs(shards, batches_per_source, steps_per_epoch * accum, config, state)
     for position, table in epochs:
@@ -161,7 +167,8 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
             break
         _maybe_fail(config, state, rank)
         batch, b, tokens = collate(builder, table)
-        embeddings = engine(batch.to(device))
+        with cpu_autocast(config, config.ray.use_gpu):
+            embeddings = engine(batch.to(device)).float()
         q, p, n = embeddings[:b], embeddings[b:2 * b], embeddings[2 * b:]
         loss = info_nce(q, p, n, temperature=config.optim.temperature, symmetric=config.optim.symmetric)
         engine.backward(loss)
@@ -187,15 +194,17 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         if last:
             break
 
-    final = dict(history[-1]) if history else {"step": state.step}
+    if not history or history[-1]["step"] != state.step:
+        history.append({"step": state.step})
+    final = history[-1]  # the last step's metrics, completed in place with the dev score and the export
     if dev is not None and "dev_ndcg_at_10" not in final:  # not already evaluated at this step
         final |= _dev_metrics(engine.module, dev)
     export_dir = config.export_dir
     _export(engine, config, rank, export_dir)
     final["export_dir"] = str(export_dir)
-    history.append(final)
     _report(engine, state, final, save=True)
-    return {"history": history, "state": asdict(state), "export_dir": str(export_dir)} if rank == 0 else None
+    where = {k: v for k, v in asdict(state).items() if k != "history"}
+    return {"history": history, "state": where, "export_dir": str(export_dir)} if rank == 0 else None
 
 
 def _epochs(shards, batches_per_source: list[int], micro_per_epoch: int, config: TrainConfig, state: TrainState):
@@ -273,14 +282,7 @@ def _dev_task(config: TrainConfig):
     dev = config.data.dev
     task = RetrievalTask.from_files(dev.corpus, dev.queries, name="dev", description=dev.description,
                                     limit_queries=dev.limit_queries)
-    if dev.limit_corpus and len(task.corpus) > dev.limit_corpus:
-        judged = {d for q in task.query_ids for d in task.qrels.get(q, {})}
-        keep = [i for i, d in enumerate(task.corpus_ids) if d in judged]
-        keep += [i for i, d in enumerate(task.corpus_ids) if d not in judged][: max(0, dev.limit_corpus - len(keep))]
-        keep.sort()
-        task = RetrievalTask(task.name, task.query_ids, task.queries, [task.corpus_ids[i] for i in keep],
-                             [task.corpus[i] for i in keep], task.qrels, task.description)
-    return task
+    return task.with_corpus_limit(dev.limit_corpus) if dev.limit_corpus else task
 
 
 def _dev_metrics(model, task) -> dict:

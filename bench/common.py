@@ -1,0 +1,41 @@
+"""What every benchmark records next to its figures: the hardware, the exact command, and where results go."""
+
+from __future__ import annotations
+
+import platform as stdlib_platform
+import sys
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def hardware() -> dict:
+    info = {"cpu": stdlib_platform.processor() or stdlib_platform.machine(), "threads": torch.get_num_threads(),
+            "cores": __import__("os").cpu_count(), "torch": torch.__version__}
+    try:
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    from causal2vec.model.devices import cpu_has_native_bf16
+
+    info["cpu_native_bf16"] = cpu_has_native_bf16()
+    return info
+
+
+def command() -> str:
+    """The command line that produced a result, as a user would type it."""
+    return " ".join(["python", *sys.argv])
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only backend (benches run headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
