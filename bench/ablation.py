@@ -1,0 +1,135 @@
+"""The paper's ablation in miniature: pooling `concat` vs `last` vs `ctx`, and with vs without the Contextual token.
+
+Every variant starts from `minilm-small` and gets the same training budget (same pairs, steps, batch, seed) through
+the real Ray Train + DeepSpeed loop, then is scored on Debian test queries against their documents plus distractors.
+
+    python bench/ablation.py --data ../shared/data/debian-pkgs
+
+Finished variants are kept in the work folder, so an interrupted run picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from common import RESULTS, command, hardware, pyplot
+from train_quality import ROOT, TASK, training_pairs
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+VARIANTS = {  # name -> model overrides
+    "concat (Causal2Vec)": {"pooling": "concat", "use_ctx_token": True},
+    "last (EOS only)": {"pooling": "last", "use_ctx_token": True},
+    "ctx (CTX only)": {"pooling": "ctx", "use_ctx_token": True},
+    "no CTX token, last (decoder only)": {"pooling": "last", "use_ctx_token": False},
+}
+
+
+def train_variant(args, name: str, overrides: dict, pairs: Path, work: Path) -> dict:
+    from causal2vec.train.config import load_config
+    from causal2vec.train.trainer import run_training
+
+    slug = "".join(c if c.isalnum() else "-" for c in name.split(" (")[0] + "-" + str(overrides["use_ctx_token"]))
+    sets = [f"model.{k}={str(v).lower()}" for k, v in overrides.items()] + [
+        f"data.train=[{{path: '{pairs}', instruction: \"Instruct: {TASK}\\nQuery: \"}}]", "data.dev=null",
+        f"optim.max_steps={args.steps}", f"optim.micro_batch_size={args.micro_batch}",
+        f"ray.storage_path={work / 'runs'}", f"ray.name=ablation-{slug}", f"output_dir={work / slug}",
+        f"ray.checkpoint_every_steps={args.steps}", f"ray.report_every_steps={max(1, args.steps // 4)}"]
+    config = load_config(ROOT / "jobs" / "configs" / "minilm-small.yaml", sets)
+    started = time.perf_counter()
+    result = run_training(config)
+    summary = result.return_value
+    return {"overrides": overrides, "train_s": round(time.perf_counter() - started, 1),
+            "final_loss": summary["history"][-1]["loss"], "export_dir": summary["export_dir"]}
+
+
+def score(args, model_dir: str) -> dict:
+    from causal2vec import Causal2Vec
+    from causal2vec.eval.retrieval import RetrievalTask, evaluate
+
+    task = RetrievalTask.from_files(args.data / "corpus.parquet", args.data / "test.parquet", name="debian-test",
+                                    description=TASK, corpus_id="doc_id", limit_queries=args.test_queries)
+    task = task.with_corpus_limit(args.corpus_size)
+    model = Causal2Vec.from_pretrained(model_dir, dtype=args.eval_dtype)
+    return evaluate(model, task, batch_size=64)
+
+
+def plot(rows: dict, path: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    names = list(rows)
+    values = [rows[n]["test"]["ndcg_at_10"] for n in names]
+    ax.barh(names, values, color=["tab:green"] + ["tab:grey"] * (len(names) - 1))
+    for y, v in enumerate(values):
+        ax.text(v + 0.005, y, f"{v:.4f}", va="center")
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(values) + 0.1)
+    any_row = rows[names[0]]["test"]
+    ax.set_xlabel(f"test nDCG@10 ({any_row['queries']} queries, {any_row['corpus_size']} docs), same training budget")
+    ax.set_title("Causal2Vec ablation on minilm-small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="the debian-pkgs folder (corpus/train/test)")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--micro-batch", type=int, default=16, help="per worker; 2 workers")
+    parser.add_argument("--test-queries", type=int, default=1000)
+    parser.add_argument("--corpus-size", type=int, default=5000, help="judged documents + distractors")
+    parser.add_argument("--eval-dtype", default="bf16")
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "ablation")
+    parser.add_argument("--output", type=Path, default=RESULTS / "ablation.json")
+    args = parser.parse_args()
+    args.data = args.data.resolve()
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    all_pairs = pq.read_table(training_pairs(args.data, "train", work.parent / "train_quality" / "train_pairs.parquet"))
+    budget = args.steps * 2 * args.micro_batch  # exactly one pass: every variant sees the same pairs once
+    pairs = work / f"pairs_{budget}.parquet"
+    pq.write_table(all_pairs.take(np.random.default_rng(0).permutation(all_pairs.num_rows)[:budget]), pairs)
+
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False)  # more logical CPUs than cores (PLATFORM notes)
+    done_file = work / "done.json"
+    rows = json.loads(done_file.read_text()) if done_file.exists() else {}
+    for name in args.variants:
+        if name in rows:
+            print(f"{name}: done earlier, nDCG@10 {rows[name]['test']['ndcg_at_10']:.4f}", flush=True)
+            continue
+        print(f"== {name}", flush=True)
+        row = train_variant(args, name, VARIANTS[name], pairs, work)
+        row["test"] = score(args, row["export_dir"])
+        rows[name] = row
+        done_file.write_text(json.dumps(rows, indent=1))
+        print(f"{name}: nDCG@10 {row['test']['ndcg_at_10']:.4f}  Recall@10 {row['test']['recall_at_10']:.4f}",
+              flush=True)
+    ray.shutdown()
+
+    report = {"command": command(), "hardware": hardware(), "model": "minilm-small",
+              "budget": {"steps": args.steps, "global_batch": 2 * args.micro_batch, "workers": 2,
+                         "pairs_file_rows": pq.read_metadata(pairs).num_rows},
+              "eval": {"split": "test", "queries": args.test_queries, "corpus_size": args.corpus_size,
+                       "dtype": args.eval_dtype},
+              "variants": rows}
+    args.output.write_text(json.dumps(report, indent=1))
+    plot(rows, args.output.with_suffix(".png"))
+    print(f"\n{'variant':38} nDCG@10  Recall@10")
+    for name, row in rows.items():
+        print(f"{name:38} {row['test']['ndcg_at_10']:.4f}   {row['test']['recall_at_10']:.4f}")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
