@@ -131,6 +131,29 @@ def _cmd_mine(args: argparse.Namespace) -> None:
           file=sys.stderr)
 
 
+def _cmd_embed_corpus(args: argparse.Namespace) -> None:
+    from causal2vec.embed.pipeline import format_summary, run_from_args
+
+    logging.getLogger("causal2vec").setLevel(logging.INFO)  # progress: chunks committed, passes, summary
+    summary = run_from_args(args)
+    print(format_summary(summary), file=sys.stderr)
+    print("RESULT_JSON " + json.dumps(summary, default=str))
+
+
+def _cmd_search(args: argparse.Namespace) -> None:
+    from causal2vec.embed import lancedb_store as store
+    from causal2vec.model import Causal2Vec
+
+    table = store.open_table(args.table)
+    name = args.model or store.table_identity(table)["model"]  # default: the model that wrote the table
+    model = Causal2Vec.from_pretrained(name, device=args.device, dtype=args.dtype)
+    store.check_model(table, model, store.model_name(name))
+    rows = store.search(table, model, args.query, k=args.k, mode=args.mode, filter=args.filter,
+                        instruction=args.instruction)
+    for row in rows:
+        print(json.dumps(row, default=str))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="causal2vec", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -169,6 +192,26 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--instruction", help="query-side instruction used when embedding the queries")
     mine.add_argument("--output", required=True, help="output parquet")
     mine.set_defaults(func=_cmd_mine)
+
+    from causal2vec.embed.pipeline import add_arguments
+
+    corpus = sub.add_parser("embed-corpus", help="embed a corpus with Ray Data into an indexed LanceDB table "
+                                                 "(same flags as jobs/embed_corpus.py; rerun to resume)")
+    add_arguments(corpus)
+    corpus.set_defaults(func=_cmd_embed_corpus)
+
+    search = sub.add_parser("search", help="top-k rows of a LanceDB table for a query, as JSON lines")
+    search.add_argument("query", help="the query text")
+    search.add_argument("--table", required=True, help="DIR::TABLE written by embed-corpus")
+    search.add_argument("--model", help="a saved model directory or a preset (default: the table's model)")
+    search.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    search.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16")
+    search.add_argument("-k", type=int, default=10, help="rows to return")
+    search.add_argument("--mode", choices=["vector", "fts", "hybrid"], default="vector",
+                        help="vector (ANN), fts (BM25, needs --fts at embed time), hybrid (reciprocal-rank fusion)")
+    search.add_argument("--filter", help="a LanceDB SQL where-clause, e.g. \"section = 'utils'\"")
+    search.add_argument("--instruction", help="query-side instruction (decoder only)")
+    search.set_defaults(func=_cmd_search)
     return parser
 
 
