@@ -1,0 +1,272 @@
+"""Serving under load: loopback HTTP against the Serve app, compared with in-process `model.encode`.
+
+For each model: time `model.encode` in this process (same texts, batch size = the decoder's max_batch_size), start
+the app from serve_configs/local.yaml's args (autoscaling delays shortened so a short run shows scaling), then for
+each concurrency run closed-loop clients (each sends a request, waits for the answer, sends the next) until
+--requests requests or --duration seconds, recording throughput and latency percentiles. A background thread samples
+the replica counts with serve.status() every second, through the load and a cool-down, to show autoscaling add
+replicas under load and remove them after.
+
+saturation ratio = served texts/s at the highest concurrency / in-process texts/s (the target is >= 0.8). The load
+generator runs on the same cores as the server, so on a 2-core machine it takes a share of the CPU the server needs.
+
+    python bench/serve_load.py --models tiny minilm-small --concurrency 1 8 32 --requests 2000 --duration 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import yaml
+from common import RESULTS, command, hardware, pyplot
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).parents[1]
+STAGES = ("API", "ContextEncoder", "Decoder")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def app_args(model: str, base: Path, args: argparse.Namespace) -> dict:
+    """serve_configs/local.yaml's args for `model`, with autoscaling that reacts within a short run."""
+    config = yaml.safe_load(base.read_text())
+    app = config["applications"][0]["args"]
+    app.update(model=model, served_model_name=model)
+    for stage in ("encoder", "decoder"):
+        app[stage]["autoscaling_config"] = {
+            "min_replicas": 1, "max_replicas": args.max_replicas, "target_ongoing_requests": args.target_ongoing,
+            "upscale_delay_s": args.upscale_delay, "downscale_delay_s": args.downscale_delay,
+            "look_back_period_s": args.look_back}
+    return app
+
+
+def in_process(model_name: str, texts: list[str], batch_size: int, repeats: int = 2) -> dict:
+    """`model.encode` throughput in this process (all cores), best of `repeats` after a warm-up."""
+    from causal2vec import Causal2Vec
+
+    model = Causal2Vec.from_pretrained(model_name, device="cpu", dtype="fp32")
+    model.encode(texts[:batch_size], batch_size=batch_size)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model.encode(texts, batch_size=batch_size)
+        best = min(best, time.perf_counter() - t0)
+    return {"texts": len(texts), "batch_size": batch_size, "seconds": best, "texts_per_s": len(texts) / best}
+
+
+class ReplicaSampler(threading.Thread):
+    """Replica counts per deployment, every `period` seconds, tagged with the current phase."""
+
+    def __init__(self, app: str, period: float = 1.0):
+        super().__init__(daemon=True)
+        self.app, self.period, self.phase = app, period, "start"
+        self.samples: list[dict] = []
+        self.t0 = time.monotonic()
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        from ray import serve
+
+        while not self._halt.is_set():
+            try:
+                deployments = serve.status().applications[self.app].deployments
+                counts = {name: int(sum(n for state, n in d.replica_states.items() if str(state).endswith("RUNNING")))
+                          for name, d in deployments.items()}
+                self.samples.append({"t": round(time.monotonic() - self.t0, 2), "phase": self.phase, **counts})
+            except Exception as exc:  # noqa: BLE001 - a missed sample is not worth failing the bench
+                print(f"    (replica sample failed: {exc})", file=sys.stderr)
+            self._halt.wait(self.period)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+
+async def load(url: str, model: str, texts: list[str], concurrency: int, per_request: int, max_requests: int,
+               duration: float, seed: int) -> dict:
+    """Closed-loop clients; returns throughput and latency percentiles (ms)."""
+    import httpx
+
+    rng = np.random.default_rng(seed)
+    latencies: list[float] = []
+    failures = 0
+    sent = 0
+    deadline = time.monotonic() + duration
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal sent, failures
+        while sent < max_requests and time.monotonic() < deadline:
+            sent += 1
+            batch = [texts[i] for i in rng.integers(0, len(texts), size=per_request)]
+            t0 = time.perf_counter()
+            response = await http.post(url, json={"model": model, "input": batch})
+            if response.status_code == 200:
+                latencies.append(time.perf_counter() - t0)
+            else:
+                failures += 1
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+    ms = np.asarray(latencies) * 1000
+    return {"concurrency": concurrency, "requests": len(latencies), "failures": failures,
+            "texts_per_request": per_request, "seconds": elapsed,
+            "requests_per_s": len(latencies) / elapsed, "texts_per_s": len(latencies) * per_request / elapsed,
+            "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
+            "p95_ms": float(np.percentile(ms, 95)) if len(ms) else None,
+            "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None}
+
+
+def run_model(model: str, texts: list[str], args: argparse.Namespace, port: int) -> dict:
+    from ray import serve
+
+    from causal2vec.serve.app import build_app, parse_args
+
+    config = app_args(model, Path(args.config), args)
+    batch_size = parse_args(config).decoder.max_batch_size
+    print(f"==> {model}: in-process model.encode, batch {batch_size}", flush=True)
+    baseline = in_process(model, texts[:args.baseline_texts], batch_size)
+    print(f"    {baseline['texts_per_s']:.1f} texts/s", flush=True)
+
+    name = f"bench-{model}"
+    serve.run(build_app(config), name=name, route_prefix=f"/{name}")
+    url = f"http://127.0.0.1:{port}/{name}/v1/embeddings"
+    sampler = ReplicaSampler(name)
+    sampler.start()
+    asyncio.run(load(url, model, texts, 4, 1, 20, 30, seed=0))  # warm-up
+    runs = []
+    for c in args.concurrency:
+        sampler.phase = f"load c={c}"
+        result = asyncio.run(load(url, model, texts, c, args.texts_per_request, args.requests, args.duration, seed=c))
+        runs.append(result)
+        print(f"    c={c:<3} {result['texts_per_s']:8.1f} texts/s  p50 {result['p50_ms']:7.1f} ms  "
+              f"p95 {result['p95_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  failures {result['failures']}",
+              flush=True)
+    sampler.phase = "cool-down"
+    print(f"    cool-down {args.cooldown:.0f}s (watching replicas scale down)", flush=True)
+    time.sleep(args.cooldown)
+    sampler.stop()
+    serve.delete(name)
+    peak = max(runs, key=lambda r: r["concurrency"])
+    under_load = [s for s in sampler.samples if s["phase"].startswith("load")]
+    summary = {
+        "in_process": baseline, "serve": runs, "app_args": config,
+        "saturation_ratio": peak["texts_per_s"] / baseline["texts_per_s"],
+        "replicas": sampler.samples,
+        "max_replicas_under_load": {d: max((s.get(d, 0) for s in under_load), default=0) for d in STAGES},
+        "replicas_at_end": {d: sampler.samples[-1].get(d, 0) for d in STAGES} if sampler.samples else {},
+    }
+    print(f"    saturation ratio {summary['saturation_ratio']:.2f}; replicas max under load "
+          f"{summary['max_replicas_under_load']}, at the end {summary['replicas_at_end']}", flush=True)
+    return summary
+
+
+def plot(results: dict, path: Path) -> None:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    top = max((s.get(d, 0) for r in results.values() for s in r["replicas"] for d in STAGES), default=1)
+    for model, r in results.items():
+        cs = [x["concurrency"] for x in r["serve"]]
+        line, = axes[0].plot(cs, [x["texts_per_s"] for x in r["serve"]], marker="o", label=f"{model} (Serve)")
+        axes[0].axhline(r["in_process"]["texts_per_s"], color=line.get_color(), linestyle="--",
+                        label=f"{model} (in-process encode)")
+        for q, style in (("p50_ms", "-"), ("p95_ms", "--"), ("p99_ms", ":")):
+            axes[1].plot(cs, [x[q] for x in r["serve"]], linestyle=style, marker="o", color=line.get_color(),
+                         label=f"{model} {q[:3]}")
+        ts = [s["t"] for s in r["replicas"]]
+        for phase in dict.fromkeys(s["phase"] for s in r["replicas"] if s["phase"].startswith("load")):
+            span = [s["t"] for s in r["replicas"] if s["phase"] == phase]
+            axes[2].axvspan(span[0], span[-1], color=line.get_color(), alpha=0.08)
+            axes[2].text(span[0], top + 0.2, phase.removeprefix("load "), fontsize=7)
+        for stage, style in (("ContextEncoder", "--"), ("Decoder", "-")):
+            axes[2].step(ts, [s.get(stage, 0) for s in r["replicas"]], where="post", linestyle=style,
+                         color=line.get_color(), label=f"{model} {stage}")
+    concurrency = sorted({x["concurrency"] for r in results.values() for x in r["serve"]})
+    axes[0].set(xscale="log", xlabel="concurrency", ylabel="texts/s", title="throughput")
+    axes[1].set(xscale="log", yscale="log", xlabel="concurrency", ylabel="ms", title="latency")
+    for ax in axes[:2]:
+        ax.set_xticks(concurrency, [str(c) for c in concurrency])
+        ax.minorticks_off()
+    axes[2].set(xlabel="seconds since the app started", ylabel="running replicas", ylim=(0, top + 0.5),
+                yticks=range(top + 1), title="autoscaling (load phases, then cool-down)")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.suptitle("Causal2Vec on Ray Serve: loopback HTTP load vs in-process model.encode")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["tiny", "minilm-small"])
+    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
+    parser.add_argument("--requests", type=int, default=2000, help="requests per concurrency level (at most)")
+    parser.add_argument("--duration", type=float, default=30, help="seconds per concurrency level (at most)")
+    parser.add_argument("--texts-per-request", type=int, default=1)
+    parser.add_argument("--texts", default=str(ROOT / "platform/causal2vec/samples/corpus.parquet"))
+    parser.add_argument("--baseline-texts", type=int, default=512, help="texts timed for the in-process baseline")
+    parser.add_argument("--config", default=str(ROOT / "serve_configs/local.yaml"), help="the app's base args")
+    parser.add_argument("--max-replicas", type=int, default=2)
+    parser.add_argument("--target-ongoing", type=float, default=2, help="autoscaling target per replica")
+    parser.add_argument("--upscale-delay", type=float, default=2)
+    parser.add_argument("--downscale-delay", type=float, default=10)
+    parser.add_argument("--look-back", type=float, default=12)
+    parser.add_argument("--cooldown", type=float, default=60, help="idle seconds after the load, to see scale-down")
+    parser.add_argument("--output", default=str(RESULTS / "serve_load.json"))
+    args = parser.parse_args()
+
+    import ray
+    from ray import serve
+
+    from causal2vec.cli import quiet_third_party
+
+    quiet_third_party(verbose=False)
+    texts = pq.read_table(args.texts, columns=["text"])["text"].to_pylist()
+    np.random.default_rng(0).shuffle(texts)
+    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        results = {model: run_model(model, texts, args, port) for model in args.models}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    report = {"command": command(), "hardware": hardware(), "texts": args.texts, "settings": vars(args),
+              "results": results}
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    plot(results, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    print("\n| model | in-process texts/s | " + " | ".join(f"c={c} texts/s (p95 ms)" for c in args.concurrency)
+          + " | ratio | replicas max / end |")
+    print("|---" * (4 + len(args.concurrency)) + "|")
+    for model, r in results.items():
+        cells = " | ".join(f"{x['texts_per_s']:.0f} ({x['p95_ms']:.0f})" for x in r["serve"])
+        print(f"| {model} | {r['in_process']['texts_per_s']:.0f} | {cells} | {r['saturation_ratio']:.2f} | "
+              f"{r['max_replicas_under_load']['Decoder']} / {r['replicas_at_end'].get('Decoder')} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

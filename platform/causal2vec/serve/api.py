@@ -1,0 +1,473 @@
+"""The HTTP ingress: an OpenAI-compatible embeddings API, vector search over LanceDB, models, health and metrics.
+
+Everything a client can get wrong is checked here, before anything reaches a batch that other requests share:
+the ingress parses, validates, tokenizes and checks truncation, then sends one item per text through
+encoder -> decoder. The encoder's DeploymentResponse goes straight into the decoder call (not awaited in between),
+so Serve pipelines the two stages and each stage's @serve.batch merges items across requests.
+
+Errors use OpenAI's envelope {"error": {"message", "type", "param", "code"}}:
+400 malformed/empty input, 401 auth, 404 unknown model/table/route, 413 body over the limit, 422 semantic
+(token-id input, too many items, over-long input with truncate=false, unsupported `dimensions`, unknown task,
+mismatched table), 503 overloaded (Serve back-pressure) or not ready.
+"""
+
+# No `from __future__ import annotations` here: Serve pickles the ingress class by value, and FastAPI must see the
+# routes' `Request` annotations as objects, not as names it would look up in a pickled, partial module namespace.
+import asyncio
+import base64
+import contextlib
+import hmac
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ray import serve
+
+from causal2vec.errors import Causal2VecError
+
+if TYPE_CHECKING:
+    from causal2vec.serve.app import ServeArgs
+
+log = logging.getLogger(__name__)
+
+PUBLIC_PATHS = {"/health"}  # everything else needs a key when keys are configured
+ROUTES = {"/v1/embeddings", "/v1/search", "/v1/models", "/health", "/metrics"}
+
+
+class APIError(Exception):
+    """An HTTP error in OpenAI's envelope."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": {"message": self.message, "type": self.type, "param": self.param,
+                                       "code": self.code}}, status_code=self.status, headers=self.headers)
+
+
+# -- request bodies -----------------------------------------------------------------------------------------------
+class EmbeddingRequest(BaseModel):
+    """OpenAI's embeddings request plus `instruction` / `task`, `truncate` and `normalize`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: Any
+    model: str
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+    instruction: str | None = None
+    task: str | None = None
+    truncate: bool = True
+    normalize: bool | None = None
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str
+    table: str
+    k: int = Field(10, ge=1, le=1000)
+    filter: str | None = None
+    mode: Literal["vector", "fts", "hybrid"] = "vector"
+    model: str | None = None
+    instruction: str | None = None
+    task: str | None = None
+
+
+def parse_texts(value: Any) -> list[str]:
+    """`input` as a list of non-empty strings; token ids get a 422 (the model has two tokenizers)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise APIError(400, "`input` must be a string or a list of strings", param="input")
+    if not value:
+        raise APIError(400, "`input` is an empty list; send at least one string", param="input")
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in value) or \
+            all(isinstance(v, list) and all(isinstance(t, int) for t in v) for v in value):
+        raise APIError(422, "token-id input is not supported: a Causal2Vec model has two tokenizers (encoder and "
+                            "decoder), so send text", param="input", code="token_ids_unsupported")
+    for i, text in enumerate(value):
+        if not isinstance(text, str):
+            raise APIError(400, f"`input[{i}]` is a {type(text).__name__}, not a string", param="input")
+        if not text.strip():
+            raise APIError(400, f"`input[{i}]` is empty or whitespace only", param="input")
+    return value
+
+
+def _validation_error(exc: ValidationError) -> APIError:
+    first = exc.errors()[0]
+    param = ".".join(str(p) for p in first["loc"]) or None
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        return APIError(400, f"unrecognized request argument: {param}", param=param)
+    if kind == "missing":
+        return APIError(400, f"missing required argument: {param}", param=param)
+    return APIError(400, f"invalid value for {param}: {first['msg']}", param=param)
+
+
+def _encode_vector(vector: np.ndarray, encoding_format: str):
+    if encoding_format == "base64":  # little-endian float32, what the OpenAI client decodes
+        return base64.b64encode(np.ascontiguousarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return vector.astype(np.float32).tolist()
+
+
+def _read_api_keys(env_name: str | None, path: str | None) -> set[str]:
+    keys: set[str] = set()
+    if env_name and os.environ.get(env_name):
+        keys |= {k.strip() for k in os.environ[env_name].split(",") if k.strip()}
+    if path:
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise Causal2VecError(f"api_keys_file {path!r} does not exist on this node")
+        keys |= {line.strip() for line in file.read_text().splitlines() if line.strip() and not line.startswith("#")}
+    return keys
+
+
+# -- the ingress deployment ---------------------------------------------------------------------------------------
+@serve.deployment(name="API", max_ongoing_requests=256)
+@serve.ingress()
+class EmbeddingAPI:
+    """FastAPI ingress over the encoder and decoder deployments (see the module docstring)."""
+
+    async def __init__(self, encoder, decoder, args: "ServeArgs"):
+        from causal2vec.model.io import load_builder
+
+        self.encoder, self.decoder, self.args = encoder, decoder, args
+        self.builder = load_builder(args.model)  # tokenizers + config only: the ingress never runs the model
+        self.info = await decoder.info.remote()
+        self.api_keys = _read_api_keys(args.api_keys_env, args.api_keys_file)
+        self._tables: dict[str, Any] = {}
+        self._init_metrics()
+        log.info("serving %s as %r (dim %d), auth %s", args.model, args.served_model_name,
+                 self.info["embedding_dim"], "on" if self.api_keys else "off")
+
+    def _init_metrics(self) -> None:
+        from ray.serve.metrics import Counter, Gauge, Histogram
+
+        self.m_requests = Counter("causal2vec_requests", description="HTTP requests by route and status.",
+                                  tag_keys=("path", "status"))
+        self.m_items = Counter("causal2vec_items", description="Texts embedded.")
+        self.m_tokens = Counter("causal2vec_prompt_tokens", description="Decoder tokens of the texts embedded.")
+        self.m_failures = Counter("causal2vec_failures", description="Failed requests by reason.",
+                                  tag_keys=("reason",))
+        self.m_latency = Histogram("causal2vec_request_seconds", description="Request latency by route.",
+                                   boundaries=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+                                   tag_keys=("path",))
+        self.m_request_items = Histogram("causal2vec_request_items", description="Texts per embeddings request.",
+                                         boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024])
+        self.m_in_flight = Gauge("causal2vec_items_in_flight",
+                                 description="Items sent to the model deployments and not yet answered.")
+        self._in_flight = 0
+
+    # -- the ASGI app, built per replica so routes see this instance's settings ------------------------------------
+    def __serve_build_asgi_app__(self):
+        from starlette.exceptions import HTTPException
+
+        app = FastAPI(title="causal2vec", docs_url=None, redoc_url=None, openapi_url=None)
+
+        @app.middleware("http")
+        async def guard(request: Request, call_next):
+            start = time.perf_counter()
+            path = _route_path(request)
+            try:
+                self._check_auth(request, path)
+                self._check_size(request)
+                response = await call_next(request)
+            except APIError as exc:
+                response = exc.response()
+            except Exception as exc:  # noqa: BLE001 - a bug must still answer in the envelope
+                log.exception("unexpected error")
+                response = APIError(500, f"internal error: {type(exc).__name__}", type="server_error").response()
+            status = response.status_code
+            route = path if path in ROUTES else "other"  # bounded label values, whatever clients request
+            self.m_requests.inc(tags={"path": route, "status": str(status)})
+            self.m_latency.observe(time.perf_counter() - start, tags={"path": route})
+            if status >= 400:
+                self.m_failures.inc(tags={"reason": _reason(status)})
+            return response
+
+        @app.exception_handler(APIError)
+        async def api_error(_: Request, exc: APIError):
+            return exc.response()
+
+        @app.exception_handler(HTTPException)
+        async def http_error(_: Request, exc: HTTPException):
+            return APIError(exc.status_code, str(exc.detail)).response()
+
+        @app.post("/v1/embeddings")
+        async def embeddings(request: Request):
+            body = await self._json(request, EmbeddingRequest)
+            return JSONResponse(await self.embed(body))
+
+        @app.post("/v1/search")
+        async def search(request: Request):
+            body = await self._json(request, SearchRequest)
+            return JSONResponse(await self.search(body))
+
+        @app.get("/v1/models")
+        async def models():
+            return {"object": "list", "data": [self._model_card()]}
+
+        @app.get("/v1/models/{name:path}")
+        async def model(name: str):
+            self._check_model(name)
+            return self._model_card()
+
+        @app.get("/health")
+        async def health():
+            problem = await self._not_ready()
+            if problem:
+                return APIError(503, problem, type="service_unavailable", code="not_ready").response()
+            return {"status": "ok", "model": self.args.served_model_name}
+
+        @app.get("/metrics")
+        async def metrics():
+            text = await asyncio.to_thread(_node_metrics)
+            return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+        return app
+
+    # -- checks --------------------------------------------------------------------------------------------------
+    def _check_auth(self, request, path: str) -> None:
+        if not self.api_keys or path in PUBLIC_PATHS:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key:
+            raise APIError(401, "missing API key: send `Authorization: Bearer <key>`", type="authentication_error",
+                           code="missing_api_key")
+        if not any(hmac.compare_digest(key.strip().encode(), k.encode()) for k in self.api_keys):
+            raise APIError(401, "invalid API key", type="authentication_error", code="invalid_api_key")
+
+    def _check_size(self, request) -> None:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > self.args.max_body_bytes:
+            raise APIError(413, f"request body of {int(length)} bytes is over the limit of "
+                                f"{self.args.max_body_bytes} bytes; split the input", code="payload_too_large")
+
+    async def _json(self, request, model: type[BaseModel]):
+        raw = await request.body()
+        if len(raw) > self.args.max_body_bytes:  # a chunked body has no Content-Length
+            raise APIError(413, f"request body is over the limit of {self.args.max_body_bytes} bytes; split the "
+                                "input", code="payload_too_large")
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise APIError(400, f"the body is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise APIError(400, "the body must be a JSON object")
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise _validation_error(exc) from exc
+
+    def _check_model(self, name: str | None) -> None:
+        if name is not None and name != self.args.served_model_name:
+            raise APIError(404, f"the model {name!r} does not exist; this server serves "
+                                f"{self.args.served_model_name!r}", param="model", code="model_not_found")
+
+    def _instruction(self, instruction: str | None, task: str | None) -> str | None:
+        if task is None:
+            return instruction or None
+        if instruction is not None:
+            raise APIError(422, "pass `instruction` or `task`, not both", param="task")
+        if task not in self.args.tasks:
+            raise APIError(422, f"unknown task {task!r}; known tasks: {', '.join(sorted(self.args.tasks))}",
+                           param="task", code="unknown_task")
+        return self.args.tasks[task] or None
+
+    def _model_card(self) -> dict:
+        return {"id": self.args.served_model_name, "object": "model", "created": 0, "owned_by": "causal2vec",
+                "embedding_dim": self.info["embedding_dim"], "max_input_tokens": self.info["max_decoder_length"],
+                "fingerprint": self.info["fingerprint"]}
+
+    async def _not_ready(self) -> str | None:
+        calls = {"encoder": self.encoder, "decoder": self.decoder} if self.encoder is not None else \
+            {"decoder": self.decoder}
+        for name, handle in calls.items():
+            try:
+                await asyncio.wait_for(_awaitable(handle.ready.remote()), self.args.health_timeout_s)
+            except Exception as exc:  # noqa: BLE001 - any failure means not ready
+                return f"the {name} deployment is not ready ({type(exc).__name__})"
+        return None
+
+    # -- embeddings ----------------------------------------------------------------------------------------------
+    def prepare(self, texts: list[str], instruction: str | None, truncate: bool, normalize: bool | None):
+        """Tokenize for both stages and check lengths: (encoder rows or None, decoder items, prompt tokens)."""
+        from causal2vec.serve.deployments import DecoderItem
+
+        builder = self.builder
+        try:
+            dec_ids = builder.tokenize_for_decoder(texts)
+            dec = builder.decoder_batch(dec_ids, instruction)
+            enc_ids = builder.tokenize_for_encoder(texts) if builder.config.use_ctx_token else None
+            enc_truncated = builder.encoder_batch(enc_ids).truncated if enc_ids is not None else [False] * len(texts)
+        except Causal2VecError as exc:
+            raise APIError(422, str(exc), param="instruction") from exc
+        if not truncate:
+            over = next((i for i, (a, b) in enumerate(zip(dec.truncated, enc_truncated)) if a or b), None)
+            if over is not None:
+                cfg = builder.config
+                raise APIError(422, f"`input[{over}]` is longer than the model's limit of {cfg.max_decoder_length} "
+                                    f"decoder / {cfg.max_encoder_length} encoder tokens; shorten it or send "
+                                    "truncate=true", param="input", code="input_too_long")
+        lengths = dec.attention_mask.sum(1).tolist()
+        items = [DecoderItem(ids, instruction, normalize, n) for ids, n in zip(dec_ids, lengths)]
+        return enc_ids, items, int(sum(lengths))
+
+    async def run_model(self, enc_rows, items) -> list[np.ndarray]:
+        """One call per text through encoder -> decoder; the encoder's response is handed on, not awaited."""
+        responses = []
+        self._in_flight += len(items)
+        self.m_in_flight.set(self._in_flight)
+        try:
+            for i, item in enumerate(items):  # back-pressure can raise right here, at the call
+                ctx = self.encoder.remote(enc_rows[i]) if enc_rows is not None else None
+                responses.append(self.decoder.remote(item, ctx))
+            return await asyncio.gather(*(_awaitable(r) for r in responses))
+        except Exception as exc:
+            for response in responses:  # the first failure fails the request: stop the rest
+                with contextlib.suppress(Exception):  # cancel() re-raises a call's own failure
+                    response.cancel()
+            raise _model_error(exc) from exc
+        finally:
+            self._in_flight -= len(items)
+            self.m_in_flight.set(self._in_flight)
+
+    async def embed(self, body: EmbeddingRequest) -> dict:
+        self._check_model(body.model)
+        texts = parse_texts(body.input)
+        if len(texts) > self.args.max_items_per_request:
+            raise APIError(422, f"{len(texts)} inputs is over the limit of {self.args.max_items_per_request} per "
+                                "request; split the request", param="input", code="too_many_inputs")
+        dim = self.info["embedding_dim"]
+        if body.dimensions is not None and body.dimensions != dim:
+            raise APIError(422, f"this model produces {dim}-dimensional embeddings and declares no shorter sizes "
+                                "(the leading dimensions of [h_ctx ; h_eos] are all CTX, so slicing would be "
+                                f"wrong); omit `dimensions` or send {dim}", param="dimensions",
+                           code="unsupported_dimensions")
+        instruction = self._instruction(body.instruction, body.task)
+        enc_rows, items, tokens = self.prepare(texts, instruction, body.truncate, body.normalize)
+        self.m_request_items.observe(len(texts))
+        vectors = await self.run_model(enc_rows, items)
+        self.m_items.inc(len(texts))
+        self.m_tokens.inc(tokens)
+        return {"object": "list",
+                "data": [{"object": "embedding", "index": i, "embedding": _encode_vector(v, body.encoding_format)}
+                         for i, v in enumerate(vectors)],
+                "model": self.args.served_model_name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    # -- search --------------------------------------------------------------------------------------------------
+    async def search(self, body: SearchRequest) -> dict:
+        from causal2vec.embed import lancedb_store
+
+        self._check_model(body.model)
+        if not self.args.lancedb_uri:
+            raise APIError(404, "search is not configured on this server (no lancedb_uri)", code="no_search")
+        if not body.query.strip():
+            raise APIError(400, "`query` is empty", param="query")
+        table = await asyncio.to_thread(self._table, body.table)
+        instruction = self._instruction(body.instruction, body.task)
+        vector = None
+        if body.mode != "fts":
+            enc_rows, items, _ = self.prepare([body.query], instruction, True, None)
+            vector = (await self.run_model(enc_rows, items))[0]
+        try:
+            rows = await asyncio.to_thread(lancedb_store.search, table, self.info["identity"], body.query, k=body.k,
+                                           mode=body.mode, filter=body.filter, query_vector=vector)
+        except Causal2VecError as exc:
+            raise APIError(422, str(exc), param="filter" if body.filter else "mode") from exc
+        return {"object": "list", "data": [_jsonable(r) for r in rows], "model": self.args.served_model_name,
+                "table": body.table, "mode": body.mode}
+
+    def _table(self, name: str):
+        """A table under lancedb_uri, checked against the served model (409 on a mismatch); handles are cached,
+        and re-checked out on use so rows appended since are seen."""
+        from causal2vec.embed import lancedb_store
+
+        if not name or "/" in name or "\\" in name or "::" in name or name.startswith("."):
+            raise APIError(400, f"invalid table name {name!r}", param="table")
+        table = self._tables.get(name)
+        if table is not None:
+            table.checkout_latest()
+            return table
+        try:
+            table = lancedb_store.open_table(f"{self.args.lancedb_uri}::{name}")
+        except Causal2VecError as exc:
+            raise APIError(404, f"no table {name!r} under this server's LanceDB directory", param="table",
+                           code="table_not_found") from exc
+        try:
+            lancedb_store.check_model(table, self.info["identity"])
+        except Causal2VecError as exc:
+            raise APIError(409, str(exc), param="table", code="model_mismatch") from exc
+        self._tables[name] = table
+        return table
+
+
+def _model_error(exc: BaseException) -> APIError:
+    """A failure from the model deployments, as the client should see it."""
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    cause = getattr(exc, "cause", None) or exc
+    if isinstance(exc, BackPressureError) or isinstance(cause, BackPressureError):
+        return APIError(503, "the server is overloaded; retry after a short wait", type="overloaded_error",
+                        code="overloaded", headers={"Retry-After": "1"})
+    if isinstance(exc, DeploymentUnavailableError) or isinstance(cause, DeploymentUnavailableError):
+        return APIError(503, "the model is not available", type="service_unavailable", code="not_ready")
+    if isinstance(exc, Causal2VecError) or isinstance(cause, Causal2VecError):
+        return APIError(422, str(cause).splitlines()[-1])
+    log.error("model call failed: %r", exc)
+    return APIError(500, f"the model failed on this input ({type(cause).__name__})", type="server_error")
+
+
+def _route_path(request) -> str:
+    """The path inside this app (the route prefix stripped), for auth and metric tags."""
+    path, root = request.url.path, request.scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):] or "/"
+    return path
+
+
+def _reason(status: int) -> str:
+    return {400: "bad_request", 401: "unauthorized", 404: "not_found", 409: "model_mismatch", 413: "too_large",
+            422: "invalid_input", 429: "rate_limited", 503: "unavailable"}.get(status, f"http_{status}")
+
+
+async def _awaitable(response):
+    return await response
+
+
+def _jsonable(row: dict) -> dict:
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+        elif isinstance(value, (np.floating, np.integer)):
+            value = value.item()
+        out[key] = value
+    return out
+
+
+def _node_metrics() -> str:
+    """This node's Prometheus metrics (Serve's own and ours) from Ray's metrics export port."""
+    import urllib.request
+
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    node = next(n for n in ray.nodes() if n["NodeID"] == node_id)
+    url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.read().decode()

@@ -1,0 +1,220 @@
+"""The two model stages as Serve deployments, each batched with @serve.batch and autoscaled on its own.
+
+ContextEncoderDeployment: tokenized texts -> CTX vectors (the small bidirectional encoder).
+DecoderDeployment:        tokenized texts + CTX vectors -> embeddings (the large LLM), batched by a padded-token
+                          budget rather than an item count, so one long text does not blow up a batch.
+
+The ingress tokenizes (it must count tokens and check truncation before anything is batched) and sends one item
+per call, so @serve.batch merges items across requests. Both stages call the model's own methods
+(`builder.encoder_batch` + `context_vectors`, `builder.decoder_batch` + `embed_with_context`), which is what makes
+the served vectors equal `model.encode`'s.
+
+Each replica loads the full model and runs only its own part. On a GPU the encoder replica keeps the decoder weights
+in host memory and moves only the context encoder to the device; the decoder replica holds both (the encoder is a
+small fraction of it). Loading one part alone would need a `parts=` option in the model library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from ray import serve
+
+log = logging.getLogger(__name__)
+
+# Defaults of the decorators; the deployments reset both from their arguments at start-up (set_max_batch_size /
+# set_batch_wait_timeout_s), so the YAML config is what counts.
+_DEFAULT_ENCODER_BATCH = 32
+_DEFAULT_DECODER_TOKENS = 8192
+_DEFAULT_WAIT_S = 0.005
+
+
+@dataclass
+class DecoderItem:
+    """One text for the decoder stage: its decoder token ids (before layout), instruction and normalisation.
+
+    `tokens` is the row's length in the decoder input (layout included, after truncation): the batch's cost.
+    """
+
+    ids: list[int]
+    instruction: str | None
+    normalize: bool | None
+    tokens: int
+
+
+def padded_tokens(items: list[DecoderItem]) -> int:
+    """A batch's cost as the decoder sees it: rows x the longest row (every row is padded to it)."""
+    return len(items) * max(item.tokens for item in items)
+
+
+def _load(spec: str, device: str | None, dtype: str | None, torch_threads: int | None, part: str = "all"):
+    """The model, and the device its stage runs on. On an accelerator the encoder stage keeps the decoder weights in
+    host memory and moves only the context encoder to the device (so a fractional GPU holds the small encoder, not
+    the LLM) - the same loading as the bulk pipeline's encoder stage."""
+    import torch
+
+    from causal2vec.model import Causal2Vec
+    from causal2vec.model.devices import resolve_device, resolve_dtype
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if part == "encoder" and dev.type != "cpu":
+        model = Causal2Vec.from_pretrained(spec, device="cpu", dtype=dt)
+        model.context_encoder.to(dev)
+        return model.eval(), dev
+    return Causal2Vec.from_pretrained(spec, device=str(dev), dtype=dt).eval(), dev
+
+
+class _Stage:
+    """What both stages share: metrics, and running a batch so one bad item cannot fail its neighbours."""
+
+    stage = "stage"
+
+    def _init_metrics(self) -> None:
+        from ray.serve.metrics import Counter, Histogram
+
+        self._batch_items = Histogram(
+            "causal2vec_batch_items", description="Items per executed batch.",
+            boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256], tag_keys=("stage",))
+        self._batch_seconds = Histogram(
+            "causal2vec_batch_seconds", description="Model time per executed batch.",
+            boundaries=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], tag_keys=("stage",))
+        self._item_failures = Counter(
+            "causal2vec_item_failures", description="Items that failed inside a batch, by reason.",
+            tag_keys=("stage", "reason"))
+        for metric in (self._batch_items, self._batch_seconds, self._item_failures):
+            metric.set_default_tags({"stage": self.stage})
+
+    async def _run_isolated(self, run, items: list) -> list:
+        """Run `run(items)` off the event loop (the replica keeps queueing the next batch meanwhile).
+
+        If the whole batch fails, retry item by item and hand each failing item its own exception object; the
+        public method raises it for that caller only.
+        """
+        start = time.perf_counter()
+        try:
+            out = await asyncio.to_thread(run, items)
+        except Exception as exc:  # noqa: BLE001 - isolate, then report per item
+            if len(items) == 1:
+                self._item_failures.inc(tags={"reason": type(exc).__name__})
+                log.warning("%s item failed: %s", self.stage, exc)
+                return [exc]
+            log.warning("%s batch of %d failed (%s); retrying item by item", self.stage, len(items), exc)
+            out = []
+            for item in items:
+                out.extend(await self._run_isolated(run, [item]))
+            return out
+        self._batch_items.observe(len(items))
+        self._batch_seconds.observe(time.perf_counter() - start)
+        return out
+
+    @staticmethod
+    def _raise_if_failed(result):
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def ready(self) -> bool:
+        """A cheap call the ingress's /health sends to see that a replica answers."""
+        return True
+
+
+@serve.deployment(name="ContextEncoder", max_ongoing_requests=2 * _DEFAULT_ENCODER_BATCH)
+class ContextEncoderDeployment(_Stage):
+    """Encoder token ids -> one CTX vector each (float32 numpy, in the decoder's hidden size)."""
+
+    stage = "encoder"
+
+    def __init__(self, model: str, device: str | None = None, dtype: str | None = None,
+                 max_batch_size: int = _DEFAULT_ENCODER_BATCH, batch_wait_timeout_s: float = _DEFAULT_WAIT_S,
+                 torch_threads: int | None = None):
+        self.model, self.device = _load(model, device, dtype, torch_threads, part="encoder")
+        self.embed.set_max_batch_size(max_batch_size)
+        self.embed.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self._init_metrics()
+
+    def _context_vectors(self, rows: list[list[int]]) -> list[np.ndarray]:
+        import torch
+
+        batch = self.model.builder.encoder_batch(rows).to(self.device)
+        with torch.inference_mode():  # grad mode is per thread, and batches run in a worker thread
+            ctx = self.model.context_vectors(batch)
+        # float32 on the wire: numpy has no bf16, and bf16 -> fp32 -> bf16 is exact
+        return list(ctx.float().cpu().numpy())
+
+    @serve.batch(max_batch_size=_DEFAULT_ENCODER_BATCH, batch_wait_timeout_s=_DEFAULT_WAIT_S)
+    async def embed(self, rows: list[list[int]]) -> list:
+        return await self._run_isolated(self._context_vectors, rows)
+
+    async def __call__(self, ids: list[int]) -> np.ndarray:
+        return self._raise_if_failed(await self.embed(ids))
+
+
+@serve.deployment(name="Decoder", max_ongoing_requests=64)
+class DecoderDeployment(_Stage):
+    """DecoderItem + its CTX vector -> the embedding (float32 numpy).
+
+    Batched by `padded_tokens` against `max_batch_tokens`; the number of items per batch is further capped by the
+    replica's `max_ongoing_requests` (Serve never batches more items than a replica holds). Serve warns at start-up
+    that max_batch_size exceeds max_ongoing_requests: expected here, where max_batch_size is a token budget.
+    """
+
+    stage = "decoder"
+
+    def __init__(self, model: str, device: str | None = None, dtype: str | None = None,
+                 max_batch_tokens: int = _DEFAULT_DECODER_TOKENS, batch_wait_timeout_s: float = _DEFAULT_WAIT_S,
+                 torch_threads: int | None = None):
+        from ray.serve.metrics import Histogram
+
+        self.model, self.device = _load(model, device, dtype, torch_threads)
+        self.spec = model
+        self.embed.set_max_batch_size(max_batch_tokens)
+        self.embed.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self._init_metrics()
+        self._batch_tokens = Histogram(
+            "causal2vec_batch_padded_tokens", description="Padded decoder tokens per executed batch.",
+            boundaries=[64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536])
+
+    def info(self) -> dict:
+        """What the ingress needs to know about the model without loading its weights; `identity` is what a
+        LanceDB table records about the model that wrote it (search refuses a table whose identity differs)."""
+        from causal2vec.embed import lancedb_store
+
+        config = self.model.config
+        return {"embedding_dim": self.model.embedding_dim, "fingerprint": config.fingerprint(),
+                "max_decoder_length": config.max_decoder_length, "max_encoder_length": config.max_encoder_length,
+                "identity": lancedb_store.model_identity(self.model, lancedb_store.model_name(self.spec))}
+
+    def _embeddings(self, pairs: list[tuple[DecoderItem, np.ndarray | None]]) -> list[np.ndarray]:
+        import torch
+        import torch.nn.functional as F
+
+        model = self.model
+        items = [item for item, _ in pairs]
+        batch = model.builder.decoder_batch([i.ids for i in items], [i.instruction for i in items]).to(model.device)
+        ctx = None
+        if model.config.use_ctx_token:
+            ctx = torch.from_numpy(np.stack([c for _, c in pairs])).to(model.device, model.dtype)
+        with torch.inference_mode():  # grad mode is per thread, and batches run in a worker thread
+            pooled = model.embed_with_context(batch, ctx, normalize=False)
+        # per-item normalisation, the same arithmetic as Causal2Vec.pool
+        default = model.config.normalize
+        rows = [F.normalize(pooled[i:i + 1].float(), dim=-1).to(pooled.dtype)
+                if (default if item.normalize is None else item.normalize) else pooled[i:i + 1]
+                for i, item in enumerate(items)]
+        self._batch_tokens.observe(padded_tokens(items))
+        return list(torch.cat(rows).float().cpu().numpy())
+
+    @serve.batch(max_batch_size=_DEFAULT_DECODER_TOKENS, batch_wait_timeout_s=_DEFAULT_WAIT_S,
+                 batch_size_fn=lambda pairs: padded_tokens([item for item, _ in pairs]))
+    async def embed(self, pairs: list[tuple[DecoderItem, np.ndarray | None]]) -> list:
+        return await self._run_isolated(self._embeddings, pairs)
+
+    async def __call__(self, item: DecoderItem, ctx: np.ndarray | None) -> np.ndarray:
+        return self._raise_if_failed(await self.embed((item, ctx)))

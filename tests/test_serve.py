@@ -1,0 +1,369 @@
+"""Serving: the real app on local Ray Serve, real HTTP, the real `openai` client; `tiny` model.
+
+One app (`c2v-test`, route /) serves most tests; a second (`c2v-secure`, route /secure) has API keys and tight queue
+limits for the auth and overload tests. Both are deleted, and Serve shut down, at the end of the module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from causal2vec import Causal2VecError
+
+ROOT = Path(__file__).parents[1]
+APP, SECURE = "c2v-test", "c2v-secure"
+KEYS_FILE_KEY, ENV_KEY = "file-key-123", "env-key-456"
+TEXTS = ["a text editor for the terminal", "network monitoring daemon with a web interface",
+         "library for parsing XML documents", "x", "fast compression tool " * 12, "a game of tetris"]
+STAGE = {"ray_actor_options": {"num_cpus": 0.1}, "num_replicas": 1}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lancedb_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("lancedb")
+
+
+@pytest.fixture(scope="module")
+def serve_url(ray_session, lancedb_dir):
+    """Serve on a free port with the main app at / (searching the tables in `lancedb_dir`); yields the base URL."""
+    from ray import serve
+
+    from causal2vec.serve.app import build_app
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = {"model": "tiny", "lancedb_uri": str(lancedb_dir), "max_body_bytes": 256 * 1024,
+            "encoder": {**STAGE, "max_batch_size": 16, "batch_wait_timeout_s": 0.02},
+            "decoder": {**STAGE, "max_batch_size": 32, "max_batch_tokens": 2048, "batch_wait_timeout_s": 0.02},
+            "ingress": STAGE}
+    serve.run(build_app(args), name=APP, route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    for name in (APP, SECURE):
+        try:
+            serve.delete(name)
+        except Exception:  # noqa: BLE001 - the secure app may never have been deployed
+            pass
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def secure_url(serve_url, tmp_path_factory):
+    """A second app with API keys (a file and an environment variable) and a decoder that queues almost nothing."""
+    from ray import serve
+
+    from causal2vec.serve.app import build_app
+
+    keys = tmp_path_factory.mktemp("keys") / "api_keys"
+    keys.write_text(f"# comment\n{KEYS_FILE_KEY}\n")
+    args = {"model": "tiny", "api_keys_file": str(keys), "api_keys_env": "C2V_TEST_KEYS",
+            "encoder": {**STAGE, "max_batch_size": 2, "max_ongoing_requests": 2, "max_queued_requests": 1},
+            "decoder": {**STAGE, "max_batch_size": 2, "max_ongoing_requests": 2, "max_queued_requests": 1},
+            "ingress": {**STAGE, "ray_actor_options": {"num_cpus": 0.1,
+                                                       "runtime_env": {"env_vars": {"C2V_TEST_KEYS": ENV_KEY}}}}}
+    serve.run(build_app(args), name=SECURE, route_prefix="/secure")
+    return f"{serve_url}/secure"
+
+
+def _post(url: str, body, **kwargs) -> httpx.Response:
+    return httpx.post(url, json=body, timeout=60, **kwargs)
+
+
+def _error(response: httpx.Response) -> dict:
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    return error
+
+
+# -- the OpenAI-compatible API ---------------------------------------------------------------------------------------
+def test_openai_client_gets_the_models_vectors_in_float_and_base64(serve_url, tiny):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{serve_url}/v1", api_key="unused", max_retries=0)
+    expected = tiny.encode(TEXTS)
+    # by default the client asks for base64 and decodes it itself; an explicit format comes back as sent
+    for fmt in (None, "float", "base64"):
+        out = client.embeddings.create(model="tiny", input=TEXTS, **({"encoding_format": fmt} if fmt else {}))
+        assert [d.index for d in out.data] == list(range(len(TEXTS)))
+        got = [np.frombuffer(base64.b64decode(d.embedding), dtype="<f4") if fmt == "base64" else d.embedding
+               for d in out.data]
+        np.testing.assert_allclose(np.array(got), expected, atol=1e-5)
+    assert out.model == "tiny"
+    assert out.usage.prompt_tokens == out.usage.total_tokens == sum(tiny.builder.count_decoder_tokens(TEXTS))
+
+    single = client.embeddings.create(model="tiny", input=TEXTS[0])
+    np.testing.assert_allclose(single.data[0].embedding, expected[0], atol=1e-5)
+
+    # extensions: query-side instruction (or a named task), normalisation
+    instruction = "Instruct: find the package\nQuery: "
+    out = client.embeddings.create(model="tiny", input=TEXTS[:2], extra_body={"instruction": instruction})
+    np.testing.assert_allclose([d.embedding for d in out.data], tiny.encode(TEXTS[:2], instruction=instruction),
+                               atol=1e-5)
+    from causal2vec.serve.app import QUERY_INSTRUCTION
+
+    out = client.embeddings.create(model="tiny", input=TEXTS[:2], extra_body={"task": "query"})
+    np.testing.assert_allclose([d.embedding for d in out.data],
+                               tiny.encode(TEXTS[:2], instruction=QUERY_INSTRUCTION), atol=1e-5)
+    out = client.embeddings.create(model="tiny", input=TEXTS[:2], extra_body={"normalize": False})
+    np.testing.assert_allclose([d.embedding for d in out.data], tiny.encode(TEXTS[:2], normalize=False), atol=1e-5)
+    full = client.embeddings.create(model="tiny", input="x", dimensions=tiny.embedding_dim)
+    assert len(full.data[0].embedding) == tiny.embedding_dim
+
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["tiny"]
+    assert client.models.retrieve("tiny").id == "tiny"
+
+
+def test_concurrent_requests_each_get_their_own_vectors(serve_url, tiny):
+    """200 concurrent requests of 1..8 texts of mixed lengths, merged into shared batches: no cross-talk."""
+    rng = np.random.default_rng(0)
+    words = "alpha beta gamma delta compiler kernel driver font editor shell parser network daemon".split()
+    pool = [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(1, 60, size=120)]
+    reference = dict(zip(pool, tiny.encode(pool)))
+    requests = [list(rng.choice(pool, size=int(n))) for n in rng.integers(1, 9, size=200)]
+
+    async def run():
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+        async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+            return await asyncio.gather(*(client.post(f"{serve_url}/v1/embeddings", json={"model": "tiny", "input": r})
+                                          for r in requests))
+
+    responses = asyncio.run(run())
+    assert [r.status_code for r in responses] == [200] * len(requests)
+    for texts, response in zip(requests, responses):
+        got = np.array([d["embedding"] for d in response.json()["data"]])
+        np.testing.assert_allclose(got, np.stack([reference[t] for t in texts]), atol=1e-5)
+
+
+@pytest.mark.parametrize("body, status, param, code", [
+    ({"input": "", "model": "tiny"}, 400, "input", None),
+    ({"input": [], "model": "tiny"}, 400, "input", None),
+    ({"input": ["ok", "   "], "model": "tiny"}, 400, "input", None),
+    ({"input": ["ok", 3.5], "model": "tiny"}, 400, "input", None),
+    ({"input": {"text": "hi"}, "model": "tiny"}, 400, "input", None),
+    ({"model": "tiny"}, 400, "input", None),
+    ({"input": "hi"}, 400, "model", None),
+    ({"input": "hi", "model": "tiny", "normalise": True}, 400, "normalise", None),
+    ({"input": "hi", "model": "tiny", "encoding_format": "int8"}, 400, "encoding_format", None),
+    ({"input": [1, 2, 3], "model": "tiny"}, 422, "input", "token_ids_unsupported"),
+    ({"input": [[1, 2], [3]], "model": "tiny"}, 422, "input", "token_ids_unsupported"),
+    ({"input": "hi", "model": "gpt-4"}, 404, "model", "model_not_found"),
+    ({"input": "hi", "model": "tiny", "dimensions": 64}, 422, "dimensions", "unsupported_dimensions"),
+    ({"input": ["hi"] * 257, "model": "tiny"}, 422, "input", "too_many_inputs"),
+    ({"input": ["ok", "word " * 400], "model": "tiny", "truncate": False}, 422, "input", "input_too_long"),
+    ({"input": "hi", "model": "tiny", "task": "nope"}, 422, "task", "unknown_task"),
+    ({"input": "hi", "model": "tiny", "instruction": "please " * 300}, 422, "instruction", None),
+])
+def test_bad_requests_get_the_documented_error(serve_url, body, status, param, code):
+    response = _post(f"{serve_url}/v1/embeddings", body)
+    assert response.status_code == status, response.text
+    error = _error(response)
+    assert (error["param"], error["code"]) == (param, code)
+    assert error["type"] == "invalid_request_error"
+
+
+def test_body_size_json_and_routing_errors(serve_url, tiny):
+    url = f"{serve_url}/v1/embeddings"
+    too_big = _post(url, {"model": "tiny", "input": ["word " * 1000] * 60})  # ~300 KB > 256 KiB
+    assert too_big.status_code == 413 and _error(too_big)["code"] == "payload_too_large"
+    for raw in (b"{not json", b"[1, 2]"):
+        response = httpx.post(url, content=raw, headers={"content-type": "application/json"}, timeout=60)
+        assert response.status_code == 400 and _error(response)
+    assert _error(httpx.get(f"{serve_url}/v1/nothing-here", timeout=60))["message"] == "Not Found"
+    # truncate=true (the default) embeds what the truncate=false request refused, as model.encode does
+    long_text = "word " * 400
+    response = _post(url, {"model": "tiny", "input": long_text})
+    assert response.status_code == 200
+    np.testing.assert_allclose(response.json()["data"][0]["embedding"], tiny.encode([long_text])[0], atol=1e-5)
+
+
+def test_a_failing_item_does_not_fail_the_requests_batched_with_it(serve_url, tiny):
+    """Items the ingress would never send (token ids past the vocabulary) go straight to the deployments, mixed into
+    the same batches as good HTTP requests: each bad item fails alone, its neighbours succeed, the replica lives."""
+    from ray import serve
+
+    from causal2vec.serve.deployments import DecoderItem
+
+    encoder = serve.get_deployment_handle("ContextEncoder", APP)
+    decoder = serve.get_deployment_handle("Decoder", APP)
+    ctx = np.zeros(tiny.hidden_size, dtype=np.float32)
+    expected = tiny.encode(TEXTS)
+
+    async def run():
+        bad = [encoder.remote([10**7, 5]) for _ in range(4)] + \
+              [decoder.remote(DecoderItem([10**7, 5], None, None, 4), ctx) for _ in range(4)]
+        async with httpx.AsyncClient(timeout=120) as client:
+            good = [client.post(f"{serve_url}/v1/embeddings", json={"model": "tiny", "input": TEXTS})
+                    for _ in range(8)]
+            results = await asyncio.gather(*good, *(_awaited(b) for b in bad), return_exceptions=True)
+        return results[:8], results[8:]
+
+    good, bad = asyncio.run(run())
+    assert all(isinstance(b, Exception) for b in bad), bad
+    for response in good:
+        assert response.status_code == 200, response.text
+        np.testing.assert_allclose([d["embedding"] for d in response.json()["data"]], expected, atol=1e-5)
+    after = _post(f"{serve_url}/v1/embeddings", {"model": "tiny", "input": TEXTS[:1]})
+    assert after.status_code == 200
+
+
+async def _awaited(response):
+    return await response
+
+
+def test_health_and_metrics(serve_url):
+    health = httpx.get(f"{serve_url}/health", timeout=60)
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    metrics = httpx.get(f"{serve_url}/metrics", timeout=60)
+    assert metrics.status_code == 200 and "text/plain" in metrics.headers["content-type"]
+    # Ray exports metrics every few seconds; earlier tests made traffic, so ours and Serve's show up
+    import time
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = httpx.get(f"{serve_url}/metrics", timeout=60).text
+        if "causal2vec_requests" in text and "causal2vec_batch_items" in text and "serve_" in text:
+            break
+        time.sleep(2)
+    assert "causal2vec_requests" in text and "causal2vec_batch_items" in text and "serve_" in text
+
+
+# -- auth and overload -----------------------------------------------------------------------------------------------
+def test_api_keys_guard_every_route_but_health(secure_url, tiny):
+    from openai import AuthenticationError, OpenAI
+
+    body = {"model": "tiny", "input": "hello"}
+    missing = _post(f"{secure_url}/v1/embeddings", body)
+    assert missing.status_code == 401 and _error(missing)["code"] == "missing_api_key"
+    wrong = _post(f"{secure_url}/v1/embeddings", body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and _error(wrong)["type"] == "authentication_error"
+    for route in ("/v1/models", "/metrics"):
+        assert httpx.get(f"{secure_url}{route}", timeout=60).status_code == 401
+        assert httpx.get(f"{secure_url}{route}", headers={"Authorization": f"Bearer {ENV_KEY}"},
+                         timeout=60).status_code == 200
+    assert httpx.get(f"{secure_url}/health", timeout=60).status_code == 200
+
+    for key in (KEYS_FILE_KEY, ENV_KEY):
+        client = OpenAI(base_url=f"{secure_url}/v1", api_key=key, max_retries=0)
+        out = client.embeddings.create(model="tiny", input=["hello"])
+        np.testing.assert_allclose(out.data[0].embedding, tiny.encode(["hello"])[0], atol=1e-5)
+    with pytest.raises(AuthenticationError):
+        OpenAI(base_url=f"{secure_url}/v1", api_key="wrong", max_retries=0).embeddings.create(model="tiny",
+                                                                                             input="x")
+
+
+def test_overload_is_503_and_the_app_recovers(secure_url):
+    """The secure app's deployments hold 2 items and queue 1: a 64-text request is refused with 503, not queued."""
+    headers = {"Authorization": f"Bearer {ENV_KEY}"}
+    response = _post(f"{secure_url}/v1/embeddings", {"model": "tiny", "input": [f"text {i}" for i in range(64)]},
+                     headers=headers)
+    assert response.status_code == 503, response.text[:300]
+    assert _error(response)["code"] == "overloaded" and response.headers.get("retry-after")
+    ok = _post(f"{secure_url}/v1/embeddings", {"model": "tiny", "input": "one"}, headers=headers)
+    assert ok.status_code == 200
+
+
+# -- search ----------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def corpus_table(ray_session, lancedb_dir, tmp_path_factory):
+    """A table built by the bulk pipeline into the app's LanceDB directory: (name, rows)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from causal2vec.embed.pipeline import embed_corpus, load_config
+    from causal2vec.samples import CORPUS
+
+    rows = pq.read_table(CORPUS).slice(0, 40).to_pylist()
+    path = tmp_path_factory.mktemp("corpus") / "corpus.parquet"
+    pq.write_table(pa.Table.from_pylist([{"id": str(r["id"]), "text": r["text"]} for r in rows]), path)
+    config = load_config(overrides={"model": "tiny", "input": [str(path)], "table": f"{lancedb_dir}::docs",
+                                    "stages": "fused", "fts": True, "tokenize.num_cpus": 0.5,
+                                    "decoder.num_cpus": 0.5, "batch_size": 16})
+    embed_corpus(config)
+    return "docs", [{"id": str(r["id"]), "text": r["text"]} for r in rows]
+
+
+def test_search_finds_a_document_by_its_own_text(serve_url, corpus_table):
+    name, rows = corpus_table
+    url = f"{serve_url}/v1/search"
+    for doc in rows[:5]:
+        hits = _post(url, {"query": doc["text"], "table": name, "k": 3}).json()["data"]
+        assert hits[0]["id"] == doc["id"], hits
+        assert "vector" not in hits[0] and hits[0]["text"] == doc["text"]
+    doc = rows[7]
+    for mode in ("fts", "hybrid"):
+        response = _post(url, {"query": doc["text"], "table": name, "k": 5, "mode": mode})
+        assert response.status_code == 200, response.text
+        assert doc["id"] in [h["id"] for h in response.json()["data"]]
+    only = _post(url, {"query": doc["text"], "table": name, "k": 5, "filter": f"id = '{rows[3]['id']}'"})
+    assert [h["id"] for h in only.json()["data"]] == [rows[3]["id"]]
+
+
+def test_search_refuses_unknown_and_mismatched_tables(serve_url, corpus_table, lancedb_dir, tiny):
+    from causal2vec.embed import lancedb_store
+
+    name, _ = corpus_table
+    url = f"{serve_url}/v1/search"
+    unknown = _post(url, {"query": "x", "table": "nope"})
+    assert unknown.status_code == 404 and _error(unknown)["code"] == "table_not_found"
+    assert _post(url, {"query": "x", "table": "../etc"}).status_code == 400
+    assert _post(url, {"query": "x", "table": name, "model": "other"}).status_code == 404
+    assert _post(url, {"query": "x", "table": name, "mode": "nearest"}).status_code == 400
+    assert _post(url, {"query": "x", "table": name, "filter": "no_such_column > 3"}).status_code == 422
+
+    # a table written by another model (same dim, different weights): refused, not silently searched
+    identity = lancedb_store.model_identity(tiny, "tiny")
+    other = {**identity, "model": "other", "probe": list(-np.asarray(identity["probe"]))}
+    lancedb_store.connect(str(lancedb_dir)).create_table("foreign", schema=lancedb_store.table_schema(other))
+    mismatch = _post(url, {"query": "x", "table": "foreign"})
+    assert mismatch.status_code == 409 and _error(mismatch)["code"] == "model_mismatch"
+
+
+# -- configuration ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["local.yaml", "gpu.yaml"])
+def test_serve_configs_parse_into_typed_args_and_serves_schema(name):
+    from ray.serve.schema import ServeDeploySchema
+
+    from causal2vec.serve.app import parse_args
+
+    config = yaml.safe_load((ROOT / "serve_configs" / name).read_text())
+    schema = ServeDeploySchema.model_validate(config)
+    (app,) = schema.applications
+    assert app.import_path == "causal2vec.serve.app:build_app" and not app.deployments
+    args = parse_args(app.args)
+    for stage in (args.encoder, args.decoder):
+        assert stage.autoscaling_config and stage.autoscaling_config["max_replicas"] >= 2
+    if name == "gpu.yaml":
+        assert args.decoder.ray_actor_options["num_gpus"] >= 1 and args.encoder.ray_actor_options["num_gpus"] < 1
+    else:
+        assert all(s.ray_actor_options["num_cpus"] < 1 for s in (args.encoder, args.decoder, args.ingress))
+
+
+def test_build_app_refuses_bad_configs():
+    from causal2vec.serve.app import build_app, parse_args
+
+    with pytest.raises(Causal2VecError, match="unknown autoscaling_config key.*max_replica"):
+        parse_args({"decoder": {"autoscaling_config": {"max_replica": 4}}})
+    with pytest.raises(Causal2VecError, match="not both"):
+        parse_args({"encoder": {"num_replicas": 2, "autoscaling_config": {"max_replicas": 4}}})
+    with pytest.raises(Causal2VecError, match="max_replicas"):
+        parse_args({"encoder": {"autoscaling_config": {"min_replicas": 4, "max_replicas": 2}}})
+    with pytest.raises(Causal2VecError, match="max_ongoing_requests"):
+        parse_args({"decoder": {"max_batch_size": 64, "max_ongoing_requests": 8}})
+    with pytest.raises(Causal2VecError, match="max_decoder_length"):
+        build_app({"model": "tiny", "decoder": {"max_batch_tokens": 100}})
+    with pytest.raises(Causal2VecError, match="modle: Extra inputs"):
+        parse_args({"modle": "tiny"})
