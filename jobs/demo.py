@@ -1,54 +1,66 @@
-"""The README's main job: build the bundled `tiny` model and embed a few sample texts.
+"""The README's main job: train -> bulk-embed -> serve -> query, on a local Ray head, then shut it all down.
 
-Later stages (train -> bulk-embed -> serve -> query) join this entry point as they land.
+    python jobs/demo.py                      # minilm-small fine-tuned briefly (jobs/configs/demo.yaml); ~5-10 min
+    python jobs/demo.py --tiny               # the random-init tiny preset with a shortened run (a smoke test)
+    python jobs/demo.py --set optim.max_steps=30 --limit-docs 1000 --output-dir /tmp/demo --keep-serving
+
+Starts `ray start --head` (own temp dir and ports), submits jobs/train.py and jobs/embed_corpus.py with
+`ray job submit --working-dir .`, deploys the Serve app with a generated config (`serve deploy`), queries
+/v1/embeddings and /v1/search, then stops Serve and the head and checks that no Ray process is left. Everything
+lands in --output-dir (default ./demo_output): logs/, runs/ (checkpoints), model/, lancedb/, serve.yaml,
+summary.json. The logic lives in causal2vec.demo.run_demo.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import signal
 import sys
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-def main() -> int:
-    import numpy as np
-    import pyarrow.parquet as pq
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true",
+                        help="the random-init tiny preset with a shortened run instead of jobs/configs/demo.yaml")
+    parser.add_argument("--output-dir", default="demo_output", help="where everything goes (default demo_output)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a training config value, e.g. --set optim.max_steps=30")
+    parser.add_argument("--limit-docs", type=int, default=None, metavar="N",
+                        help="embed only the first N sample documents (default all 2,500)")
+    parser.add_argument("--keep-serving", action="store_true", help="keep the service up after the queries, "
+                                                                    "until Ctrl-C")
+    args = parser.parse_args(argv)
+    if args.limit_docs is not None and args.limit_docs < 1:
+        parser.error("--limit-docs must be at least 1")
 
-    from causal2vec import Causal2Vec
     from causal2vec.cli import quiet_third_party
-    from causal2vec.samples import CORPUS, QUERIES
+    from causal2vec.demo import run_demo
+    from causal2vec.errors import Causal2VecError
 
     quiet_third_party(verbose=False)
-    step = lambda msg: print(f"\n==> {msg}", flush=True)  # noqa: E731
-
-    step("building the bundled `tiny` Causal2Vec model (random-init BERT encoder + Llama decoder, offline)")
-    t0 = time.perf_counter()
-    model = Causal2Vec.from_pretrained("tiny")
-    print(f"    encoder hidden {model.context_encoder.encoder.config.hidden_size}, decoder hidden "
-          f"{model.hidden_size}, embedding dim {model.embedding_dim} (concat of CTX and EOS states), "
-          f"{time.perf_counter() - t0:.1f}s")
-
-    docs = pq.read_table(CORPUS).slice(0, 500).to_pylist()
-    queries = pq.read_table(QUERIES).slice(0, 3).to_pylist()
-    step(f"embedding {len(docs)} sample Debian package descriptions")
-    t0 = time.perf_counter()
-    doc_vecs = model.encode([d["text"] for d in docs], batch_size=32, show_progress=True)
-    dt = time.perf_counter() - t0
-    print(f"    {doc_vecs.shape[0]} x {doc_vecs.shape[1]} float32 in {dt:.1f}s ({len(docs) / dt:.0f} docs/s)")
-
-    step("embedding three queries (with a query-side instruction) and listing their nearest documents")
-    instruction = "Instruct: Given a package synopsis, retrieve its description\nQuery: "
-    q_vecs = model.encode([q["query"] for q in queries], instruction=instruction)
-    for q, scores in zip(queries, q_vecs @ doc_vecs.T):
-        print(f"    query: {q['query']!r}")
-        for i in np.argsort(-scores)[:3]:
-            print(f"      {scores[i]:+.3f}  {docs[i]['id']:<28} {docs[i]['text'][:60]!r}")
-    print("\n    (tiny is random-init, so these neighbours are not meaningful yet: it exists to exercise the code.)")
-    step("done")
+    # `kill`, a closed terminal or a CI timeout must still shut the cluster down: turn them into KeyboardInterrupt,
+    # which run_demo handles like Ctrl-C (stops Serve and the head, then re-raises)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    try:
+        run_demo(args.output_dir, tiny=args.tiny, train_overrides=args.overrides, limit_docs=args.limit_docs,
+                 keep_serving=args.keep_serving, write=lambda line: print(line, flush=True))
+    except Causal2VecError as exc:
+        print(f"\ndemo: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ndemo: interrupted (everything was shut down)", file=sys.stderr)
+        return 130
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":
