@@ -93,16 +93,16 @@ def plot(history: list[dict], test: dict, path: Path) -> None:
     plt = pyplot()
     fig, (curve, bars) = plt.subplots(1, 2, figsize=(12, 4.5))
     steps = [h["step"] for h in history if "loss" in h]
-    curve.plot(steps, [h["loss"] for h in history if "loss" in h], label="train loss (InfoNCE)", color="tab:blue")
+    lines = curve.plot(steps, [h["loss"] for h in history if "loss" in h], label="train loss (InfoNCE)",
+                       color="tab:blue")
     curve.set_xlabel("optimizer step (global batch 64)")
     curve.set_ylabel("loss")
     dev = [(h["step"], h["dev_ndcg_at_10"]) for h in history if "dev_ndcg_at_10" in h]
     if dev:
         right = curve.twinx()
-        right.plot(*zip(*dev), "o-", color="tab:orange", label="dev nDCG@10 (300 q, 2k docs)")
+        lines += right.plot(*zip(*dev), "o-", color="tab:orange", label="dev nDCG@10 (300 q, 2k docs)")
         right.set_ylabel("dev nDCG@10")
-        right.legend(loc="upper right")
-    curve.legend(loc="upper left")
+    curve.legend(handles=lines, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
     curve.set_title("minilm-small training on Debian pairs")
     names = [*BASELINES, "Causal2Vec minilm-small (ours)"]
     values = [*(b["ndcg_at_10"] for b in BASELINES.values()), test["ndcg_at_10"]]
@@ -125,6 +125,7 @@ def main() -> int:
     parser.add_argument("--skip-train", action="store_true", help="score the model already exported in --work")
     parser.add_argument("--eval-dtype", default="bf16", help="dtype for embedding the test corpus (fp32, bf16)")
     parser.add_argument("--limit-queries", type=int, default=None)
+    parser.add_argument("--note", help="anything a reader of the results should know about this run")
     parser.add_argument("--output", type=Path, default=RESULTS / "train_quality.json")
     args = parser.parse_args()
     args.data = args.data.resolve()
@@ -149,6 +150,7 @@ def main() -> int:
         "baselines_test": BASELINES,
         "beats": {name: test["ndcg_at_10"] > b["ndcg_at_10"] for name, b in BASELINES.items()},
         "history": history,
+        **({"note": args.note} if args.note else {}),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1, default=str))
