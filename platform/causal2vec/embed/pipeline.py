@@ -37,11 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from causal2vec.embed import lancedb_store as store
 from causal2vec.errors import Causal2VecError
+from causal2vec.yaml_config import read_config
 
 if TYPE_CHECKING:  # imported where used: the `causal2vec` CLI builds this module's parser and must start fast
     import numpy as np
@@ -125,20 +125,7 @@ def load_config(path: str | None = None, overrides: dict[str, Any] | None = None
                 sets: list[str] | None = None) -> EmbedConfig:
     """YAML file (optional) <- `--set a.b=value` <- explicit flags; local paths made absolute (workers run
     elsewhere)."""
-    data: dict[str, Any] = {}
-    if path:
-        if not Path(path).is_file():
-            raise Causal2VecError(f"--config {path}: no such file")
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    for item in sets or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise Causal2VecError(f"--set {item!r}: expected key=value or section.key=value")
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
+    data = read_config(path, sets)
     for key, value in (overrides or {}).items():
         if value is None:
             continue

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from causal2vec.errors import Causal2VecError
+from causal2vec.yaml_config import read_config
 
 
 class _Section(BaseModel):
@@ -131,23 +131,7 @@ class TrainConfig(_Section):
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config and apply `section.key=value` overrides (values parsed as YAML)."""
-    data: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise Causal2VecError(f"--config {path}: no such file")
-        data = yaml.safe_load(p.read_text()) or {}
-    for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise Causal2VecError(f"--set {item!r}: expected section.key=value")
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise Causal2VecError(f"--set {item!r}: {part} is not a section")
-        node[leaf] = yaml.safe_load(raw)
+    data = read_config(path, overrides)
     try:
         config = TrainConfig.model_validate(data)
     except ValidationError as exc:
