@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform as stdlib_platform
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ RESULTS = Path(__file__).parent / "results"
 
 def hardware() -> dict:
     info = {"cpu": stdlib_platform.processor() or stdlib_platform.machine(), "threads": torch.get_num_threads(),
-            "cores": __import__("os").cpu_count(), "torch": torch.__version__}
+            "cores": os.cpu_count(), "torch": torch.__version__}
     try:
         info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
     except (OSError, StopIteration):

@@ -34,16 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2
 
-    import ray
-
+    from causal2vec.ray_init import ensure_ray
     from causal2vec.train.trainer import run_training
 
-    if not ray.is_initialized():
-        # inside `ray job submit` this connects to the job's cluster; otherwise it starts a local one, declaring
-        # at least 4 logical CPUs (Train workers + Ray Data tasks deadlock on 2; see PLATFORM notes)
-        local = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": max(4, os.cpu_count() or 1),
-                                                            "include_dashboard": False}
-        ray.init(**local)
+    ensure_ray()  # the job's cluster inside `ray job submit`, else a local one
     try:
         result = run_training(config)
     except Causal2VecError as exc:

@@ -201,17 +201,11 @@ def config_from_args(args: argparse.Namespace) -> EmbedConfig:
 
 
 def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The job / CLI entry: parse, start or join Ray, run. A local Ray declares >= 4 logical CPUs: actor pools
-    plus read and write tasks stall on 2 (PLATFORM notes)."""
-    import os
-
-    import ray
+    """The job / CLI entry: parse, join or start Ray (`ensure_ray`), run."""
+    from causal2vec.ray_init import ensure_ray
 
     config = config_from_args(args)
-    if not ray.is_initialized():
-        local = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": max(4, os.cpu_count() or 1),
-                                                            "include_dashboard": False}
-        ray.init(**local)
+    ensure_ray()
     return embed_corpus(config)
 
 
@@ -518,21 +512,6 @@ def plan_rows(scan: pa.Table, existing: pa.Array) -> RowPlan:
 
 
 # -- the model stages (Ray Data callable classes: one model per actor) --------------------------------------------
-def _load_model(spec: str, device: str, dtype: str, part: str = "all"):
-    """The model on its device. The encoder stage loads it on CPU and moves only the context encoder to the
-    device, so a fractional GPU holds the small encoder, not the LLM (the decoder weights stay in host memory)."""
-    from causal2vec.model import Causal2Vec
-    from causal2vec.model.devices import resolve_device, resolve_dtype
-
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    if part == "encoder" and dev.type != "cpu":
-        model = Causal2Vec.from_pretrained(spec, device="cpu", dtype=dt)
-        model.context_encoder.to(dev)
-        return model, dev
-    return Causal2Vec.from_pretrained(spec, device=str(dev), dtype=dt), dev
-
-
 def _buckets(lengths: list[int], size: int, bucket: bool) -> list[list[int]]:
     """Row indices in sub-batches: longest first when bucketing (less padding), input order otherwise."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i]) if bucket else list(range(len(lengths)))
@@ -578,6 +557,17 @@ class TokenizeStage:
 
 
 class _ModelStage:
+    """One model stage as a Ray Data actor: loads its `part` of the model once, embeds length-bucketed sub-batches."""
+
+    part = "all"
+
+    def __init__(self, model: str, device: str, dtype: str, sub_batch_size: int, bucket: bool,
+                 instruction: str | None = None):
+        from causal2vec.model.io import load_for_stage
+
+        self.model, self.device = load_for_stage(model, device, dtype, part=self.part)
+        self.size, self.bucket, self.instruction = sub_batch_size, bucket, instruction
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
 
@@ -591,9 +581,7 @@ class _ModelStage:
 class EncoderStage(_ModelStage):
     """Token ids -> CTX vectors (the model's `context_vectors`), length-bucketed."""
 
-    def __init__(self, model: str, device: str, dtype: str, sub_batch_size: int, bucket: bool):
-        self.model, self.device = _load_model(model, device, dtype, part="encoder")
-        self.size, self.bucket = sub_batch_size, bucket
+    part = "encoder"
 
     def _run(self, batch: pa.Table) -> pa.Table:
         import numpy as np
@@ -614,11 +602,6 @@ class EncoderStage(_ModelStage):
 
 class DecoderStage(_ModelStage):
     """Token ids + CTX vectors -> embeddings (the model's `embed_with_context`), length-bucketed."""
-
-    def __init__(self, model: str, device: str, dtype: str, sub_batch_size: int, bucket: bool,
-                 instruction: str | None):
-        self.model, self.device = _load_model(model, device, dtype)
-        self.size, self.bucket, self.instruction = sub_batch_size, bucket, instruction
 
     def _run(self, batch: pa.Table) -> pa.Table:
         import numpy as np
@@ -643,11 +626,6 @@ class DecoderStage(_ModelStage):
 
 class FusedStage(_ModelStage):
     """Tokenize + both model stages in one actor (`model.forward`, as `model.encode` runs them)."""
-
-    def __init__(self, model: str, device: str, dtype: str, sub_batch_size: int, bucket: bool,
-                 instruction: str | None):
-        self.model, self.device = _load_model(model, device, dtype)
-        self.size, self.bucket, self.instruction = sub_batch_size, bucket, instruction
 
     def _run(self, batch: pa.Table) -> pa.Table:
         import numpy as np
@@ -744,7 +722,9 @@ def _worker_logging() -> None:
 
 # -- the job -------------------------------------------------------------------------------------------------------
 def _identity(model: str, device: str, dtype: str) -> dict[str, Any]:
-    loaded, _ = _load_model(model, device, dtype)
+    from causal2vec.model.io import load_for_stage
+
+    loaded, _ = load_for_stage(model, device, dtype)
     return store.model_identity(loaded, store.model_name(model))
 
 

@@ -94,6 +94,23 @@ def load(path_or_preset: str | Path, *, device=None, dtype=None, **config_overri
     return model.eval()
 
 
+def load_for_stage(spec: str | Path, device: str | None = None, dtype: str | None = None, part: str = "all"):
+    """(model, device) for one stage of a split deployment (bulk pipeline actors, Serve replicas).
+
+    On an accelerator the `encoder` stage loads on CPU and moves only the context encoder to the device, so a
+    fractional GPU holds the small encoder, not the LLM (the decoder weights stay in host memory).
+    """
+    from causal2vec.model.devices import resolve_device, resolve_dtype
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if part == "encoder" and dev.type != "cpu":
+        model = load(spec, device="cpu", dtype=dt)
+        model.context_encoder.to(dev)
+        return model.eval(), dev
+    return load(spec, device=str(dev), dtype=dt).eval(), dev
+
+
 def load_builder(path_or_preset: str | Path, **config_overrides) -> BatchBuilder:
     """Just the tokenizers and config of a model (no weights): what data-pipeline tasks need to tokenize."""
     from transformers import AutoTokenizer

@@ -52,23 +52,14 @@ def padded_tokens(items: list[DecoderItem]) -> int:
 
 
 def _load(spec: str, device: str | None, dtype: str | None, torch_threads: int | None, part: str = "all"):
-    """The model, and the device its stage runs on. On an accelerator the encoder stage keeps the decoder weights in
-    host memory and moves only the context encoder to the device (so a fractional GPU holds the small encoder, not
-    the LLM) - the same loading as the bulk pipeline's encoder stage."""
+    """The model and the device its stage runs on (`io.load_for_stage`, as the bulk pipeline's stages load)."""
     import torch
 
-    from causal2vec.model import Causal2Vec
-    from causal2vec.model.devices import resolve_device, resolve_dtype
+    from causal2vec.model.io import load_for_stage
 
     if torch_threads:
         torch.set_num_threads(torch_threads)
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    if part == "encoder" and dev.type != "cpu":
-        model = Causal2Vec.from_pretrained(spec, device="cpu", dtype=dt)
-        model.context_encoder.to(dev)
-        return model.eval(), dev
-    return Causal2Vec.from_pretrained(spec, device=str(dev), dtype=dt).eval(), dev
+    return load_for_stage(spec, device, dtype, part=part)
 
 
 class _Stage:
