@@ -181,6 +181,13 @@ class BatchBuilder:
 
 
 
+def length_buckets(lengths: Sequence[int], rows_per_pass: int, sort: bool = True) -> list[list[int]]:
+    """Row indices cut into forward passes of at most `rows_per_pass`: longest first when `sort` (each pass is
+    padded to its own longest row, so similar lengths together waste less), input order otherwise."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i]) if sort else list(range(len(lengths)))
+    return [order[s:s + rows_per_pass] for s in range(0, len(order), rows_per_pass)]
+
+
 def per_text(instruction: str | Sequence[str | None] | None, n: int) -> list[str | None]:
     """One instruction for all texts, or one per text, as a list of n."""
     if instruction is None or isinstance(instruction, str):

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from ray import serve
 
+from causal2vec.model.tokenization import length_buckets
+
 log = logging.getLogger(__name__)
 
 # Defaults of the decorators; the deployments reset both from their arguments at start-up (set_max_batch_size /
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 _DEFAULT_ENCODER_BATCH = 32
 _DEFAULT_DECODER_TOKENS = 8192
 _DEFAULT_WAIT_S = 0.005
+_DEFAULT_ROWS_PER_PASS = 16
 
 
 @dataclass
@@ -124,8 +127,9 @@ class ContextEncoderDeployment(_Stage):
 
     def __init__(self, model: str, device: str | None = None, dtype: str | None = None,
                  max_batch_size: int = _DEFAULT_ENCODER_BATCH, batch_wait_timeout_s: float = _DEFAULT_WAIT_S,
-                 torch_threads: int | None = None):
+                 torch_threads: int | None = None, rows_per_pass: int = _DEFAULT_ROWS_PER_PASS):
         self.model, self.device = _load(model, device, dtype, torch_threads, part="encoder")
+        self.rows_per_pass = rows_per_pass
         self.embed.set_max_batch_size(max_batch_size)
         self.embed.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self._init_metrics()
@@ -133,11 +137,13 @@ class ContextEncoderDeployment(_Stage):
     def _context_vectors(self, rows: list[list[int]]) -> list[np.ndarray]:
         import torch
 
-        batch = self.model.builder.encoder_batch(rows).to(self.device)
-        with torch.inference_mode():  # grad mode is per thread, and batches run in a worker thread
-            ctx = self.model.context_vectors(batch)
         # float32 on the wire: numpy has no bf16, and bf16 -> fp32 -> bf16 is exact
-        return list(ctx.float().cpu().numpy())
+        ctx = np.zeros((len(rows), self.model.hidden_size), np.float32)
+        for part in length_buckets([len(r) for r in rows], self.rows_per_pass):
+            batch = self.model.builder.encoder_batch([rows[i] for i in part]).to(self.device)
+            with torch.inference_mode():  # grad mode is per thread, and batches run in a worker thread
+                ctx[part] = self.model.context_vectors(batch).float().cpu().numpy()
+        return list(ctx)
 
     @serve.batch(max_batch_size=_DEFAULT_ENCODER_BATCH, batch_wait_timeout_s=_DEFAULT_WAIT_S)
     async def embed(self, rows: list[list[int]]) -> list:
@@ -154,17 +160,19 @@ class DecoderDeployment(_Stage):
     Batched by `padded_tokens` against `max_batch_tokens`; the number of items per batch is further capped by the
     replica's `max_ongoing_requests` (Serve never batches more items than a replica holds). Serve warns at start-up
     that max_batch_size exceeds max_ongoing_requests: expected here, where max_batch_size is a token budget.
+    A batch runs as length-sorted passes of `rows_per_pass` rows (items arrive in random length order), as the
+    bulk pipeline's stages do.
     """
 
     stage = "decoder"
 
     def __init__(self, model: str, device: str | None = None, dtype: str | None = None,
                  max_batch_tokens: int = _DEFAULT_DECODER_TOKENS, batch_wait_timeout_s: float = _DEFAULT_WAIT_S,
-                 torch_threads: int | None = None):
+                 torch_threads: int | None = None, rows_per_pass: int = _DEFAULT_ROWS_PER_PASS):
         from ray.serve.metrics import Histogram
 
         self.model, self.device = _load(model, device, dtype, torch_threads)
-        self.spec = model
+        self.spec, self.rows_per_pass = model, rows_per_pass
         self.embed.set_max_batch_size(max_batch_tokens)
         self.embed.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self._init_metrics()
@@ -187,20 +195,24 @@ class DecoderDeployment(_Stage):
         import torch.nn.functional as F
 
         model = self.model
-        items = [item for item, _ in pairs]
-        batch = model.builder.decoder_batch([i.ids for i in items], [i.instruction for i in items]).to(model.device)
-        ctx = None
-        if model.config.use_ctx_token:
-            ctx = torch.from_numpy(np.stack([c for _, c in pairs])).to(model.device, model.dtype)
-        with torch.inference_mode():  # grad mode is per thread, and batches run in a worker thread
-            pooled = model.embed_with_context(batch, ctx, normalize=False)
-        # per-item normalisation, the same arithmetic as Causal2Vec.pool
         default = model.config.normalize
-        rows = [F.normalize(pooled[i:i + 1].float(), dim=-1).to(pooled.dtype)
-                if (default if item.normalize is None else item.normalize) else pooled[i:i + 1]
-                for i, item in enumerate(items)]
-        self._batch_tokens.observe(padded_tokens(items))
-        return list(torch.cat(rows).float().cpu().numpy())
+        out: list[np.ndarray | None] = [None] * len(pairs)
+        padded = 0
+        for part in length_buckets([item.tokens for item, _ in pairs], self.rows_per_pass):
+            items = [pairs[i][0] for i in part]
+            batch = model.builder.decoder_batch([i.ids for i in items], [i.instruction for i in items])
+            ctx = None
+            if model.config.use_ctx_token:
+                ctx = torch.from_numpy(np.stack([pairs[i][1] for i in part])).to(model.device, model.dtype)
+            with torch.inference_mode():  # grad mode is per thread, and batches run in a worker thread
+                pooled = model.embed_with_context(batch.to(model.device), ctx, normalize=False)
+            for row, i, item in zip(pooled, part, items):  # per-item normalisation, as Causal2Vec.pool does it
+                if default if item.normalize is None else item.normalize:
+                    row = F.normalize(row.float(), dim=-1).to(pooled.dtype)
+                out[i] = row.float().cpu().numpy()
+            padded += padded_tokens(items)
+        self._batch_tokens.observe(padded)
+        return out
 
     @serve.batch(max_batch_size=_DEFAULT_DECODER_TOKENS, batch_wait_timeout_s=_DEFAULT_WAIT_S,
                  batch_size_fn=lambda pairs: padded_tokens([item for item, _ in pairs]))
