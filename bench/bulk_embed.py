@@ -8,10 +8,14 @@ Variants, same texts, same forward batch size (--batch-size):
   plain_unsorted     a plain loop over `model.encode` on consecutive batches in input order (batch i = rows i*b..);
                      sorting inside one batch changes nothing, so this is the no-bucketing baseline
   plain_bucketed     `model.encode` over the whole corpus (it sorts all texts longest-first, then batches)
-Ratios: pipeline / plain_unsorted (target >= 0.95) and plain_bucketed / plain_unsorted (target >= 1.3), in docs/s.
-The pipeline's time includes starting its actors (a fixed cost a large corpus amortises).
+Ratios in docs/s, like for like: pipeline / plain_bucketed (both length-bucketed; target >= 0.95), the same for the
+fused pipeline, pipeline_unsorted / plain_unsorted, and bucketed / unsorted for the plain loop (target >= 1.3) and for
+the pipeline. The pipeline's time includes starting its actors (a fixed cost a large corpus amortises).
+--merge keeps the other models' results already in --output, so models can run with different --limit values; every
+result records the command that made it.
 
-    python bench/bulk_embed.py --input /path/to/corpus.parquet --models tiny minilm-small [--limit N] [--batch-size 64]
+    python bench/bulk_embed.py --input /path/to/corpus.parquet --models tiny minilm-small [--dtypes fp32 bf16]
+                               [--limit N] [--batch-size 64]
 """
 
 from __future__ import annotations
@@ -70,13 +74,14 @@ def run_plain(model, texts: list[str], batch_size: int, bucketed: bool) -> tuple
     return time.perf_counter() - t0, vectors
 
 
-def run_pipeline(model_name: str, corpus_path: Path, work: Path, variant: str, batch_size: int,
+def run_pipeline(model_name: str, dtype: str, corpus_path: Path, work: Path, variant: str, batch_size: int,
                  block_rows: int, cores: int) -> tuple[dict, dict[str, np.ndarray]]:
     from causal2vec.embed import lancedb_store as store
     from causal2vec.embed.pipeline import embed_corpus, load_config
 
     settings = {"model": model_name, "input": [str(corpus_path)], "table": f"{work / 'lancedb'}::{variant}",
-                "overwrite": True, "index": "none", "batch_size": block_rows, "sub_batch_size": batch_size,
+                "overwrite": True, "index": "none", "dtype": dtype, "batch_size": block_rows,
+                "sub_batch_size": batch_size,
                 "commit_rows": 4096, "bucket": variant != "pipeline_unsorted",
                 "stages": "fused" if variant == "pipeline_fused" else "split",
                 "tokenize.num_cpus": 0.5, "encoder.num_cpus": 1, "decoder.num_cpus": cores}
@@ -86,23 +91,25 @@ def run_pipeline(model_name: str, corpus_path: Path, work: Path, variant: str, b
     return summary, vectors
 
 
-def bench_model(name: str, corpus: pa.Table, args, work: Path, cores: int) -> dict:
+def bench_model(name: str, dtype: str, corpus: pa.Table, args, work: Path, cores: int) -> dict:
     from causal2vec.model import Causal2Vec
 
-    model = Causal2Vec.from_pretrained(name, device="cpu", dtype="fp32")
+    model = Causal2Vec.from_pretrained(name, device="cpu", dtype=dtype)
     texts, ids = corpus["text"].to_pylist(), corpus["id"].to_pylist()
     corpus_path = work / "corpus.parquet"
     pq.write_table(corpus, corpus_path)
     tokens, padded_unsorted, padded_bucketed = decoder_tokens(model, texts, args.batch_size)
-    out: dict = {"docs": len(texts), "decoder_tokens": tokens, "padded_decoder_tokens": {
-        "unsorted": padded_unsorted, "bucketed": padded_bucketed}, "variants": {}}
+    out: dict = {"model": name, "dtype": dtype, "command": this_command(), "limit": args.limit, "docs": len(texts),
+                 "decoder_tokens": tokens, "variants": {},
+                 "padded_decoder_tokens": {"unsorted": padded_unsorted, "bucketed": padded_bucketed}}
     for variant in args.variants:
-        print(f"==> {name}: {variant} ({len(texts)} docs, batch {args.batch_size})", flush=True)
+        print(f"==> {name} {dtype}: {variant} ({len(texts)} docs, batch {args.batch_size})", flush=True)
         if variant.startswith("plain"):
             seconds, _ = run_plain(model, texts, args.batch_size, bucketed=variant == "plain_bucketed")
             row = {"seconds": seconds, "docs_per_s": len(texts) / seconds, "tokens_per_s": tokens / seconds}
         else:
-            summary, stored = run_pipeline(name, corpus_path, work, variant, args.batch_size, args.block_rows, cores)
+            summary, stored = run_pipeline(name, dtype, corpus_path, work, variant, args.batch_size,
+                                           args.block_rows, cores)
             row = {"seconds": summary["embed_seconds"], "docs_per_s": summary["docs_per_s"],
                    "tokens_per_s": summary["tokens_per_s"], "total_seconds": summary["seconds"]}
             sample = ids[:: max(1, len(ids) // 50)]
@@ -112,24 +119,32 @@ def bench_model(name: str, corpus: pa.Table, args, work: Path, cores: int) -> di
         print(f"    {row['docs_per_s']:9.1f} docs/s  {row['tokens_per_s']:10.0f} tokens/s  ({row['seconds']:.1f} s)",
               flush=True)
     v = out["variants"]
-    ratios = {}
-    if "pipeline" in v and "plain_unsorted" in v:
-        ratios["pipeline_vs_plain"] = v["pipeline"]["docs_per_s"] / v["plain_unsorted"]["docs_per_s"]
-    if "pipeline_fused" in v and "plain_unsorted" in v:
-        ratios["pipeline_fused_vs_plain"] = v["pipeline_fused"]["docs_per_s"] / v["plain_unsorted"]["docs_per_s"]
-    if "plain_bucketed" in v and "plain_unsorted" in v:
-        ratios["bucketed_vs_unsorted"] = v["plain_bucketed"]["docs_per_s"] / v["plain_unsorted"]["docs_per_s"]
-    if "pipeline" in v and "pipeline_unsorted" in v:
-        ratios["pipeline_bucketed_vs_unsorted"] = v["pipeline"]["docs_per_s"] / v["pipeline_unsorted"]["docs_per_s"]
+    pairs = {  # (numerator, denominator): like for like, so each ratio isolates one thing
+        "pipeline_vs_plain": ("pipeline", "plain_bucketed"),
+        "pipeline_fused_vs_plain": ("pipeline_fused", "plain_bucketed"),
+        "pipeline_unsorted_vs_plain_unsorted": ("pipeline_unsorted", "plain_unsorted"),
+        "bucketed_vs_unsorted": ("plain_bucketed", "plain_unsorted"),
+        "pipeline_bucketed_vs_unsorted": ("pipeline", "pipeline_unsorted"),
+    }
+    ratios = {k: v[a]["docs_per_s"] / v[b]["docs_per_s"] for k, (a, b) in pairs.items() if a in v and b in v}
     out["ratios"] = ratios
     return out
+
+
+def result_key(result: dict) -> str:
+    """One entry per model, dtype and corpus size, so a subset run never overwrites a full one."""
+    return f"{result['model']} {result['dtype']}" + (f", first {result['limit']}" if result["limit"] else "")
 
 
 def plot(results: dict, path: Path) -> None:
     plt = pyplot()
     models = list(results)
-    fig, axes = plt.subplots(1, len(models), figsize=(max(8, 6.5 * len(models)), 5), squeeze=False)
-    for ax, name in zip(axes[0], models):
+    cols = min(2, len(models))
+    rows = -(-len(models) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols + 1.5, 5 * rows), squeeze=False)
+    for ax in axes.flat[len(models):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, models):
         variants = results[name]["variants"]
         names = list(variants)
         bars = ax.bar(range(len(names)), [variants[n]["docs_per_s"] for n in names],
@@ -154,8 +169,11 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=64, help="rows per forward pass, in every variant")
     parser.add_argument("--block-rows", type=int, default=1024, help="rows per pipeline actor call (the window "
                                                                      "length-bucketing sorts within)")
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                        help="every variant runs in each (this CPU has native bf16)")
     parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     parser.add_argument("--output", default=str(RESULTS / "bulk_embed.json"))
+    parser.add_argument("--merge", action="store_true", help="keep results for other model/dtype pairs in --output")
     args = parser.parse_args()
 
     import logging
@@ -174,14 +192,20 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="bulk-embed-") as tmp:
             for name in args.models:
-                work = Path(tmp) / name
-                work.mkdir()
-                results[name] = bench_model(name, corpus, args, work, cores)
+                for dtype in args.dtypes:
+                    work = Path(tmp) / f"{name}-{dtype}"
+                    work.mkdir()
+                    result = bench_model(name, dtype, corpus, args, work, cores)
+                    results[result_key(result)] = result
     finally:
         ray.shutdown()
     out = Path(args.output)
-    report = {"command": this_command(), "hardware": hardware(), "input": args.input, "limit": args.limit,
-              "batch_size": args.batch_size, "block_rows": args.block_rows, "torch_threads": torch.get_num_threads(),
+    if args.merge and out.exists():
+        earlier = json.loads(out.read_text())["results"].values()
+        results = {**{result_key(r): r for r in earlier}, **results}
+    commands = list(dict.fromkeys(r["command"] for r in results.values()))  # each result also names its own
+    report = {"command": commands, "hardware": hardware(), "input": args.input, "batch_size": args.batch_size,
+              "block_rows": args.block_rows, "torch_threads": torch.get_num_threads(),
               "results": results}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

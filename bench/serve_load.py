@@ -51,6 +51,8 @@ def app_args(model: str, base: Path, args: argparse.Namespace) -> dict:
     app = config["applications"][0]["args"]
     app.update(model=model, served_model_name=model)
     for stage in ("encoder", "decoder"):
+        if args.rows_per_pass:
+            app[stage]["rows_per_pass"] = args.rows_per_pass
         app[stage]["autoscaling_config"] = {
             "min_replicas": 1, "max_replicas": args.max_replicas, "target_ongoing_requests": args.target_ongoing,
             "upscale_delay_s": args.upscale_delay, "downscale_delay_s": args.downscale_delay,
@@ -202,7 +204,7 @@ def plot(results: dict, path: Path) -> None:
             axes[2].step(ts, [s.get(stage, 0) for s in r["replicas"]], where="post", linestyle=style,
                          color=line.get_color(), label=f"{model} {stage}")
     concurrency = sorted({x["concurrency"] for r in results.values() for x in r["serve"]})
-    axes[0].set(xscale="log", xlabel="concurrency", ylabel="texts/s", title="throughput")
+    axes[0].set(xscale="log", yscale="log", xlabel="concurrency", ylabel="texts/s", title="throughput")
     axes[1].set(xscale="log", yscale="log", xlabel="concurrency", ylabel="ms", title="latency")
     for ax in axes[:2]:
         ax.set_xticks(concurrency, [str(c) for c in concurrency])
@@ -226,6 +228,7 @@ def main() -> int:
     parser.add_argument("--texts", default=str(ROOT / "platform/causal2vec/samples/corpus.parquet"))
     parser.add_argument("--baseline-texts", type=int, default=512, help="texts timed for the in-process baseline")
     parser.add_argument("--config", default=str(ROOT / "serve_configs/local.yaml"), help="the app's base args")
+    parser.add_argument("--rows-per-pass", type=int, help="override the config's rows per forward pass")
     parser.add_argument("--max-replicas", type=int, default=2)
     parser.add_argument("--target-ongoing", type=float, default=2, help="autoscaling target per replica")
     parser.add_argument("--upscale-delay", type=float, default=2)
