@@ -41,7 +41,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from causal2vec.embed import lancedb_store as store
 from causal2vec.errors import Causal2VecError
-from causal2vec.model.tokenization import length_buckets
 from causal2vec.yaml_config import read_config
 
 if TYPE_CHECKING:  # imported where used: the `causal2vec` CLI builds this module's parser and must start fast
@@ -563,6 +562,12 @@ class _ModelStage:
         self.model, self.device = load_for_stage(model, device, dtype, part=self.part)
         self.size, self.bucket, self.instruction = sub_batch_size, bucket, instruction
 
+    def _passes(self, ids: list[list[int]]) -> list[list[int]]:
+        """Row indices per forward pass: `sub_batch_size` rows, sorted by length when bucketing."""
+        from causal2vec.model.tokenization import length_buckets  # not at the top: torch would slow the CLI
+
+        return length_buckets([len(x) for x in ids], self.size, self.bucket)
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
 
@@ -585,7 +590,7 @@ class EncoderStage(_ModelStage):
         ids = batch[ENC_IDS].to_pylist()
         ctx = np.zeros((len(ids), self.model.hidden_size), np.float32)
         truncated = [False] * len(ids)
-        for rows in length_buckets([len(x) for x in ids], self.size, self.bucket):
+        for rows in self._passes(ids):
             enc = self.model.builder.encoder_batch([ids[i] for i in rows])
             ctx[rows] = self.model.context_vectors(enc.to(self.device)).float().cpu().numpy()
             for i, t in zip(rows, enc.truncated):
@@ -608,7 +613,7 @@ class DecoderStage(_ModelStage):
         out = np.zeros((len(ids), self.model.embedding_dim), np.float32)
         truncated = batch[TRUNCATED].to_pylist() if TRUNCATED in batch.column_names else [False] * len(ids)
         tokens = [0] * len(ids)
-        for rows in length_buckets([len(x) for x in ids], self.size, self.bucket):
+        for rows in self._passes(ids):
             dec = self.model.builder.decoder_batch([ids[i] for i in rows], self.instruction).to(self.device)
             c = torch.from_numpy(ctx[rows]).to(self.device, self.model.dtype) if ctx is not None else None
             out[rows] = self.model.embed_with_context(dec, c).float().cpu().numpy()
@@ -634,7 +639,7 @@ class FusedStage(_ModelStage):
         enc_ids = b.tokenize_for_encoder(texts) if self.model.config.use_ctx_token else None
         out = np.zeros((len(texts), self.model.embedding_dim), np.float32)
         truncated, tokens = [False] * len(texts), [0] * len(texts)
-        for rows in length_buckets([len(x) for x in dec_ids], self.size, self.bucket):
+        for rows in self._passes(dec_ids):
             enc = b.encoder_batch([enc_ids[i] for i in rows]) if enc_ids is not None else None
             model_batch = Batch(enc, b.decoder_batch([dec_ids[i] for i in rows], self.instruction))
             out[rows] = self.model(model_batch.to(self.device)).float().cpu().numpy()

@@ -196,7 +196,7 @@ class DecoderDeployment(_Stage):
 
         model = self.model
         default = model.config.normalize
-        out: list[np.ndarray | None] = [None] * len(pairs)
+        out = np.zeros((len(pairs), model.embedding_dim), np.float32)
         padded = 0
         for part in length_buckets([item.tokens for item, _ in pairs], self.rows_per_pass):
             items = [pairs[i][0] for i in part]
@@ -206,13 +206,14 @@ class DecoderDeployment(_Stage):
                 ctx = torch.from_numpy(np.stack([pairs[i][1] for i in part])).to(model.device, model.dtype)
             with torch.inference_mode():  # grad mode is per thread, and batches run in a worker thread
                 pooled = model.embed_with_context(batch.to(model.device), ctx, normalize=False)
-            for row, i, item in zip(pooled, part, items):  # per-item normalisation, as Causal2Vec.pool does it
-                if default if item.normalize is None else item.normalize:
-                    row = F.normalize(row.float(), dim=-1).to(pooled.dtype)
-                out[i] = row.float().cpu().numpy()
+            # per-item normalisation, as Causal2Vec.pool does it; one device-to-host copy per pass
+            rows = [F.normalize(row.float(), dim=-1).to(pooled.dtype)
+                    if (default if item.normalize is None else item.normalize) else row
+                    for row, item in zip(pooled, items)]
+            out[part] = torch.stack(rows).float().cpu().numpy()
             padded += padded_tokens(items)
         self._batch_tokens.observe(padded)
-        return out
+        return list(out)
 
     @serve.batch(max_batch_size=_DEFAULT_DECODER_TOKENS, batch_wait_timeout_s=_DEFAULT_WAIT_S,
                  batch_size_fn=lambda pairs: padded_tokens([item for item, _ in pairs]))
