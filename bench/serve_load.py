@@ -235,6 +235,9 @@ def main() -> int:
     parser.add_argument("--downscale-delay", type=float, default=10)
     parser.add_argument("--look-back", type=float, default=12)
     parser.add_argument("--cooldown", type=float, default=60, help="idle seconds after the load, to see scale-down")
+    parser.add_argument("--throughput-optimized", action="store_true",
+                        help="start the local cluster with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (Serve's own mode: user code "
+                             "and router on the replica's event loop, gRPC between replicas)")
     parser.add_argument("--output", default=str(RESULTS / "serve_load.json"))
     args = parser.parse_args()
 
@@ -244,6 +247,8 @@ def main() -> int:
     from causal2vec.cli import quiet_third_party
 
     quiet_third_party(verbose=False)
+    if args.throughput_optimized:  # read by every Serve process at import: set before the cluster starts
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     texts = pq.read_table(args.texts, columns=["text"])["text"].to_pylist()
     np.random.default_rng(0).shuffle(texts)
     ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
