@@ -8,7 +8,12 @@ Same decoder architecture, same texts, same batches, for:
   causal2vec  all-MiniLM-L6-v2 pass -> CTX; [BOS] [CTX] text [EOS]; [h_ctx ; h_eos]  (the library's own encode)
 Decoders are random-init Qwen2-architecture models at 0.5B and 1.5B sizes (weights do not change the cost).
 
-    python bench/inference_cost.py --texts platform/causal2vec/samples/corpus.parquet --n 32
+--kind picks what is embedded: `documents` (corpus texts, the default) or `queries` (search queries). bge-en-icl
+puts its few-shot examples on the query side only (documents are embedded bare, as in last-token), so `queries`
+is the like-for-like ICL comparison; `documents` with examples prepended shows ICL's cost on long texts. The three
+examples are drawn with their own seeded generator, so every run (any --n, --kind) uses the same ones.
+
+    python bench/inference_cost.py --kind queries --sizes 0.5B 1.5B --dtypes bf16 --merge
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ SIZES = {  # Qwen2 family shapes
 ECHO = ("Rewrite the sentence: ", ", rewritten sentence: ")
 ICL_TASK = "Given a Debian package synopsis, retrieve its description"
 METHODS = ["last-token", "echo", "icl", "causal2vec"]
+KINDS = {"documents": ("platform/causal2vec/samples/corpus.parquet", "text"),  # --kind -> (default file, column)
+         "queries": ("platform/causal2vec/samples/queries.parquet", "query")}
 
 
 def build_model(size: str, dtype: torch.dtype, device: str):
@@ -132,7 +139,9 @@ def time_methods(model, texts: list[str], examples, batch_size: int, repeats: in
     for base in ("echo", "icl", "last-token"):
         c2v[f"time_ratio_vs_{base}"] = c2v["seconds_per_text"] / out[base]["seconds_per_text"]
         c2v[f"token_ratio_vs_{base}"] = c2v["decoder_tokens_per_text"] / out[base]["decoder_tokens_per_text"]
-    return {"n_texts": len(texts), "repeats": repeats, "batch_size": batch_size, "methods": out}
+    icl_extra = np.mean(tokens["icl"][0]) - np.mean(tokens["last-token"][0])  # the examples + their template
+    return {"n_texts": len(texts), "repeats": repeats, "batch_size": batch_size,
+            "icl_examples_tokens": float(icl_extra), "methods": out}
 
 
 def plot(results: dict, path: Path) -> None:
@@ -147,7 +156,7 @@ def plot(results: dict, path: Path) -> None:
         axes[1].bar(xs, [results[r]["methods"][method]["decoder_tokens_per_text"] for r in runs], width,
                     label=method)
     for ax, title in zip(axes, ["wall time per text (ms, log)", "decoder tokens per text"]):
-        ax.set_xticks(np.arange(len(runs)) + 0.4 - width / 2, runs, fontsize=8)
+        ax.set_xticks(np.arange(len(runs)) + 0.4 - width / 2, runs, fontsize=7, rotation=20)
         ax.set_title(title)
     axes[0].set_yscale("log")
     axes[1].legend()
@@ -158,8 +167,8 @@ def plot(results: dict, path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--texts", default="platform/causal2vec/samples/corpus.parquet",
-                        help="parquet with a `text` column (documents to embed)")
+    parser.add_argument("--kind", choices=list(KINDS), default="documents", help="what to embed (see above)")
+    parser.add_argument("--texts", help="parquet of texts to embed (default: the bundled sample for --kind)")
     parser.add_argument("--examples", default="platform/causal2vec/samples/pairs.parquet",
                         help="parquet with `query`, `positive`: the ICL few-shot examples are drawn from it")
     parser.add_argument("--n", type=int, default=16, help="texts to time")
@@ -176,11 +185,14 @@ def main() -> int:
     from causal2vec.cli import quiet_third_party
 
     quiet_third_party(verbose=False)
-    rng = np.random.default_rng(0)
-    all_texts = pq.read_table(args.texts, columns=["text"])["text"].to_pylist()
-    texts = sorted((all_texts[i] for i in rng.choice(len(all_texts), args.n, replace=False)), key=len, reverse=True)
+    default_path, column = KINDS[args.kind]
+    args.texts = args.texts or default_path
+    all_texts = pq.read_table(args.texts, columns=[column])[column].to_pylist()
+    picks = np.random.default_rng(0).choice(len(all_texts), args.n, replace=False)
+    texts = sorted((all_texts[i] for i in picks), key=len, reverse=True)
     pairs = pq.read_table(args.examples).to_pylist()
-    examples = [(p["query"], p["positive"]) for p in (pairs[i] for i in rng.choice(len(pairs), 3, replace=False))]
+    examples = [(p["query"], p["positive"])
+                for p in (pairs[i] for i in np.random.default_rng(1).choice(len(pairs), 3, replace=False))]
 
     results = {}
     for size in args.sizes:
@@ -189,7 +201,9 @@ def main() -> int:
             t0 = time.perf_counter()
             model = build_model(size, {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype], args.device)
             print(f"    built in {time.perf_counter() - t0:.0f}s", flush=True)
-            results[f"{size} {dtype}"] = time_methods(model, texts, examples, args.batch_size, args.repeats)
+            results[f"{size} {dtype} {args.kind}"] = {
+                "kind": args.kind, "texts": args.texts,
+                **time_methods(model, texts, examples, args.batch_size, args.repeats)}
             del model
     command = this_command()
     out = Path(args.output)
@@ -197,7 +211,7 @@ def main() -> int:
         previous = json.loads(out.read_text())
         results = previous["results"] | results
         command = previous["command"] if command in previous["command"] else f"{previous['command']} && {command}"
-    report = {"command": command, "hardware": hardware(), "texts": args.texts, "results": results}
+    report = {"command": command, "hardware": hardware(), "results": results}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     plot(results, out.with_suffix(".png"))
