@@ -75,7 +75,7 @@ def run_plain(model, texts: list[str], batch_size: int, bucketed: bool) -> tuple
 
 
 def run_pipeline(model_name: str, dtype: str, corpus_path: Path, work: Path, variant: str, batch_size: int,
-                 block_rows: int, cores: int) -> tuple[dict, dict[str, np.ndarray]]:
+                 block_rows: int, cores: int, overrides: dict[str, str]) -> tuple[dict, dict[str, np.ndarray]]:
     from causal2vec.embed import lancedb_store as store
     from causal2vec.embed.pipeline import embed_corpus, load_config
 
@@ -84,7 +84,7 @@ def run_pipeline(model_name: str, dtype: str, corpus_path: Path, work: Path, var
                 "sub_batch_size": batch_size,
                 "commit_rows": 4096, "bucket": variant != "pipeline_unsorted",
                 "stages": "fused" if variant == "pipeline_fused" else "split",
-                "tokenize.num_cpus": 0.5, "encoder.num_cpus": 1, "decoder.num_cpus": cores}
+                "tokenize.num_cpus": 0.5, "encoder.num_cpus": 1, "decoder.num_cpus": cores, **overrides}
     summary = embed_corpus(load_config(None, settings))
     rows = store.open_table(settings["table"]).search().select(["id", "vector"]).limit(None).to_arrow()
     vectors = dict(zip(rows["id"].to_pylist(), np.stack(rows["vector"].to_numpy(zero_copy_only=False))))
@@ -100,6 +100,7 @@ def bench_model(name: str, dtype: str, corpus: pa.Table, args, work: Path, cores
     pq.write_table(corpus, corpus_path)
     tokens, padded_unsorted, padded_bucketed = decoder_tokens(model, texts, args.batch_size)
     out: dict = {"model": name, "dtype": dtype, "command": this_command(), "limit": args.limit, "docs": len(texts),
+                 "pipeline_overrides": args.set,
                  "decoder_tokens": tokens, "variants": {},
                  "padded_decoder_tokens": {"unsorted": padded_unsorted, "bucketed": padded_bucketed}}
     for variant in args.variants:
@@ -109,7 +110,7 @@ def bench_model(name: str, dtype: str, corpus: pa.Table, args, work: Path, cores
             row = {"seconds": seconds, "docs_per_s": len(texts) / seconds, "tokens_per_s": tokens / seconds}
         else:
             summary, stored = run_pipeline(name, dtype, corpus_path, work, variant, args.batch_size,
-                                           args.block_rows, cores)
+                                           args.block_rows, cores, dict(item.split("=", 1) for item in args.set))
             row = {"seconds": summary["embed_seconds"], "docs_per_s": summary["docs_per_s"],
                    "tokens_per_s": summary["tokens_per_s"], "total_seconds": summary["seconds"]}
             sample = ids[:: max(1, len(ids) // 50)]
@@ -132,8 +133,9 @@ def bench_model(name: str, dtype: str, corpus: pa.Table, args, work: Path, cores
 
 
 def result_key(result: dict) -> str:
-    """One entry per model, dtype and corpus size, so a subset run never overwrites a full one."""
-    return f"{result['model']} {result['dtype']}" + (f", first {result['limit']}" if result["limit"] else "")
+    """One entry per model, dtype, corpus size and pipeline overrides, so a variant run never overwrites another."""
+    key = f"{result['model']} {result['dtype']}" + (f", first {result['limit']}" if result["limit"] else "")
+    return key + "".join(f", {o}" for o in result.get("pipeline_overrides", []))
 
 
 def plot(results: dict, path: Path) -> None:
@@ -172,6 +174,9 @@ def main() -> int:
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
                         help="every variant runs in each (this CPU has native bf16)")
     parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="pipeline config overrides, e.g. decoder.num_cpus=1 (defaults: tokenize 0.5, encoder 1, "
+                             "decoder = all cores)")
     parser.add_argument("--output", default=str(RESULTS / "bulk_embed.json"))
     parser.add_argument("--merge", action="store_true", help="keep results for other model/dtype pairs in --output")
     args = parser.parse_args()
