@@ -236,8 +236,8 @@ def main() -> int:
     parser.add_argument("--look-back", type=float, default=12)
     parser.add_argument("--cooldown", type=float, default=60, help="idle seconds after the load, to see scale-down")
     parser.add_argument("--throughput-optimized", action="store_true",
-                        help="start the local cluster with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (Serve's own mode: user code "
-                             "and router on the replica's event loop, gRPC between replicas)")
+                        help="start the local cluster with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (Serve's own mode: "
+                             "user code and router on the replica's event loop, gRPC between replicas)")
     parser.add_argument("--output", default=str(RESULTS / "serve_load.json"))
     args = parser.parse_args()
 
