@@ -10,7 +10,8 @@ replicas under load and remove them after.
 saturation ratio = served texts/s at the highest concurrency / in-process texts/s (the target is >= 0.8). The load
 generator runs on the same cores as the server, so on a 2-core machine it takes a share of the CPU the server needs.
 
-    python bench/serve_load.py --models tiny minilm-small --concurrency 1 8 32 --requests 2000 --duration 30
+    python bench/serve_load.py --models tiny minilm-small --concurrency 1 8 32 --requests 2000 --duration 30 \
+        --throughput-optimized
 """
 
 from __future__ import annotations
