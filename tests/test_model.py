@@ -126,6 +126,19 @@ def test_truncation_is_reported_and_respected(tiny):
     assert batch.encoder.input_ids.shape[1] == tiny.config.max_encoder_length
 
 
+@pytest.mark.parametrize("instruction", [None, "Given a package synopsis, find its description"])
+def test_lengths_without_tensors_match_the_batches(tiny, instruction):
+    """The server checks lengths and truncation with decoder_lengths / encoder_truncated; they must agree with the
+    tensors the model stages build."""
+    texts = [LONG * 10, SHORT, LONG, "x"]
+    builder = tiny.builder
+    dec_ids, enc_ids = builder.tokenize_for_decoder(texts), builder.tokenize_for_encoder(texts)
+    dec = builder.decoder_batch(dec_ids, instruction)
+    assert builder.decoder_lengths(dec_ids, instruction) == (dec.attention_mask.sum(1).tolist(), dec.truncated)
+    enc = builder.encoder_batch(enc_ids)
+    assert builder.encoder_truncated(enc_ids) == enc.truncated == [True, False, False, False]
+
+
 def test_encode_restores_input_order(tiny):
     rng = np.random.default_rng(0)
     texts = [LONG[: int(n)] + f" #{i}" for i, n in enumerate(rng.integers(5, len(LONG), size=23))]

@@ -119,30 +119,34 @@ class BatchBuilder:
 
     def encoder_batch(self, token_ids: Sequence[Sequence[int]]) -> EncoderBatch:
         prefix, suffix = self._encoder_prefix, self._encoder_suffix
-        budget = self.config.max_encoder_length - len(prefix) - len(suffix)
-        truncated = [len(row) > budget for row in token_ids]
+        budget = self._encoder_budget()
         rows = [prefix + list(row[:budget]) + suffix for row in token_ids]
         input_ids, mask = _pad(rows, self.encoder_pad_id, "right")
-        return EncoderBatch(input_ids, mask, truncated)
+        return EncoderBatch(input_ids, mask, self.encoder_truncated(token_ids))
+
+    def encoder_truncated(self, token_ids: Sequence[Sequence[int]]) -> list[bool]:
+        """Which rows `encoder_batch` would cut, without building its tensors."""
+        budget = self._encoder_budget()
+        return [len(row) > budget for row in token_ids]
+
+    def decoder_lengths(self, token_ids: Sequence[Sequence[int]],
+                        instruction: str | Sequence[str | None] | None = None) -> tuple[list[int], list[bool]]:
+        """Each row's length in `decoder_batch` (layout included, after truncation) and whether it was cut,
+        without building its tensors: what a server checks per request before anything is batched."""
+        layout = [self._decoder_row(ids, ins) for ids, ins in zip(token_ids, per_text(instruction, len(token_ids)))]
+        return [len(row) for row, _, _, _ in layout], [cut for _, _, _, cut in layout]
 
     def decoder_batch(self, token_ids: Sequence[Sequence[int]],
                       instruction: str | Sequence[str | None] | None = None) -> DecoderBatch:
-        instructions = per_text(instruction, len(token_ids))
         cfg = self.config
         rows, ctx_at, eos_at, pool_from, truncated = [], [], [], [], []
-        for ids, ins in zip(token_ids, instructions):
-            prefix, ctx = self._prefix(ins)
-            budget = cfg.max_decoder_length - len(prefix) - 1
-            if budget < 1:
-                raise Causal2VecError(f"the instruction leaves no room for text within max_decoder_length="
-                                      f"{cfg.max_decoder_length}; shorten the instruction or raise the limit")
-            truncated.append(len(ids) > budget)
-            row = prefix + list(ids[:budget]) + [self.eos_id]
+        for ids, ins in zip(token_ids, per_text(instruction, len(token_ids))):
+            row, ctx, pool_start, cut = self._decoder_row(ids, ins)
             rows.append(row)
             ctx_at.append(ctx)
             eos_at.append(len(row) - 1)
-            # mean pooling covers CTX (when present) .. EOS, never BOS or the instruction
-            pool_from.append(ctx if ctx >= 0 else len(prefix))
+            pool_from.append(pool_start)
+            truncated.append(cut)
         input_ids, mask = _pad(rows, self.pad_id, cfg.padding_side)
         width = input_ids.shape[1]
         shift = [width - len(r) if cfg.padding_side == "left" else 0 for r in rows]
@@ -161,6 +165,21 @@ class BatchBuilder:
         return [len(prefix) + len(row) + 1 for row in ids]
 
     # -- internals ----------------------------------------------------------------------------------------------
+    def _encoder_budget(self) -> int:
+        return self.config.max_encoder_length - len(self._encoder_prefix) - len(self._encoder_suffix)
+
+    def _decoder_row(self, ids: Sequence[int], instruction: str | None) -> tuple[list[int], int, int, bool]:
+        """One decoder row before padding (prefix + text cut to fit + EOS), its CTX slot (-1 if none), where mean
+        pooling starts, and whether the text was cut."""
+        prefix, ctx = self._prefix(instruction)
+        budget = self.config.max_decoder_length - len(prefix) - 1
+        if budget < 1:
+            raise Causal2VecError(f"the instruction leaves no room for text within max_decoder_length="
+                                  f"{self.config.max_decoder_length}; shorten the instruction or raise the limit")
+        # mean pooling covers CTX (when present) .. EOS, never BOS or the instruction
+        pool_from = ctx if ctx >= 0 else len(prefix)
+        return prefix + list(ids[:budget]) + [self.eos_id], ctx, pool_from, len(ids) > budget
+
     def _prefix(self, instruction: str | None) -> tuple[list[int], int]:
         """Token ids before the text, and the CTX slot's index in them (-1 if none)."""
         instr = self._instruction_ids(instruction)

@@ -310,21 +310,20 @@ class EmbeddingAPI:
         builder = self.builder
         try:
             dec_ids = builder.tokenize_for_decoder(texts)
-            dec = builder.decoder_batch(dec_ids, instruction)
+            lengths, dec_truncated = builder.decoder_lengths(dec_ids, instruction)
             enc_ids = builder.tokenize_for_encoder(texts) if builder.config.use_ctx_token else None
-            enc_truncated = builder.encoder_batch(enc_ids).truncated if enc_ids is not None else [False] * len(texts)
+            enc_truncated = builder.encoder_truncated(enc_ids) if enc_ids is not None else [False] * len(texts)
         except Causal2VecError as exc:
             raise APIError(422, str(exc), param="instruction") from exc
         if not truncate:
-            over = next((i for i, (a, b) in enumerate(zip(dec.truncated, enc_truncated)) if a or b), None)
+            over = next((i for i, (a, b) in enumerate(zip(dec_truncated, enc_truncated)) if a or b), None)
             if over is not None:
                 cfg = builder.config
                 raise APIError(422, f"`input[{over}]` is longer than the model's limit of {cfg.max_decoder_length} "
                                     f"decoder / {cfg.max_encoder_length} encoder tokens; shorten it or send "
                                     "truncate=true", param="input", code="input_too_long")
-        lengths = dec.attention_mask.sum(1).tolist()
         items = [DecoderItem(ids, instruction, normalize, n) for ids, n in zip(dec_ids, lengths)]
-        return enc_ids, items, int(sum(lengths))
+        return enc_ids, items, sum(lengths)
 
     async def run_model(self, enc_rows, items) -> list[np.ndarray]:
         """One call per text through encoder -> decoder; the encoder's response is handed on, not awaited."""
