@@ -2,16 +2,19 @@
 
 For each model: time `model.encode` in this process (same texts, batch size = the decoder's max_batch_size), start
 the app from serve_configs/local.yaml's args (autoscaling delays shortened so a short run shows scaling), then for
-each concurrency run closed-loop clients (each sends a request, waits for the answer, sends the next) until
---requests requests or --duration seconds, recording throughput and latency percentiles. A background thread samples
+each request shape (texts per request) and each concurrency run closed-loop clients (each sends a request, waits for
+the answer, sends the next) until --requests requests or --duration seconds, recording throughput and latency
+percentiles. A background thread samples
 the replica counts with serve.status() every second, through the load and a cool-down, to show autoscaling add
 replicas under load and remove them after.
 
-saturation ratio = served texts/s at the highest concurrency / in-process texts/s (the target is >= 0.8). The load
-generator runs on the same cores as the server, so on a 2-core machine it takes a share of the CPU the server needs.
+saturation ratio = the best served texts/s over the concurrencies / in-process texts/s (the target is >= 0.8), per
+request shape: one text per request pays the HTTP proxy and the ingress once per text, a list of texts once per list
+(each text still travels as its own item through both stages). The load generator runs on the same cores as the
+server, so on a 2-core machine it takes a share of the CPU the server needs.
 
-    python bench/serve_load.py --models tiny minilm-small --concurrency 1 8 32 --requests 2000 --duration 30 \
-        --throughput-optimized
+    python bench/serve_load.py --models tiny minilm-small --concurrency 1 8 32 --texts-per-request 1 8 \
+        --requests 2000 --duration 30 --throughput-optimized
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
 import sys
 import threading
@@ -27,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow.parquet as pq
 import yaml
 from common import RESULTS, command, hardware, pyplot
@@ -73,6 +78,23 @@ def in_process(model_name: str, texts: list[str], batch_size: int, repeats: int 
         model.encode(texts, batch_size=batch_size)
         best = min(best, time.perf_counter() - t0)
     return {"texts": len(texts), "batch_size": batch_size, "seconds": best, "texts_per_s": len(texts) / best}
+
+
+def cpu_seconds_by_role() -> dict[str, float]:
+    """CPU seconds used so far by each process on this machine, summed by role: a Serve deployment's replicas,
+    the proxy, the controller, this load generator, and everything else (Ray's own daemons, the OS)."""
+    totals: dict[str, float] = {}
+    for proc in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
+        times = proc.info["cpu_times"]
+        if times is None:
+            continue
+        title = " ".join(proc.info["cmdline"] or [])
+        replica = re.match(r"ray::ServeReplica:[^:]+:(\w+)", title)
+        role = (replica.group(1) if replica else "proxy" if title.startswith("ray::ProxyActor")
+                else "controller" if title.startswith("ray::ServeController")
+                else "load generator" if proc.info["pid"] == os.getpid() else "other")
+        totals[role] = totals.get(role, 0.0) + times.user + times.system
+    return totals
 
 
 class ReplicaSampler(threading.Thread):
@@ -158,28 +180,39 @@ def run_model(model: str, texts: list[str], args: argparse.Namespace, port: int)
     sampler.start()
     asyncio.run(load(url, model, texts, 4, 1, 20, 30, seed=0))  # warm-up
     runs = []
-    for c in args.concurrency:
-        sampler.phase = f"load c={c}"
-        result = asyncio.run(load(url, model, texts, c, args.texts_per_request, args.requests, args.duration, seed=c))
-        runs.append(result)
-        print(f"    c={c:<3} {result['texts_per_s']:8.1f} texts/s  p50 {result['p50_ms']:7.1f} ms  "
-              f"p95 {result['p95_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  failures {result['failures']}",
-              flush=True)
+    for per_request in args.texts_per_request:
+        for c in args.concurrency:
+            sampler.phase = f"load {per_request}x c={c}"
+            cpu_before = cpu_seconds_by_role()
+            result = asyncio.run(load(url, model, texts, c, per_request, args.requests, args.duration, seed=c))
+            cpu_after = cpu_seconds_by_role()
+            # where the machine's CPU went during the phase (replicas that exited in it are missing)
+            result["cpu_ms_per_request"] = {role: 1000 * (cpu_after[role] - cpu_before.get(role, 0.0))
+                                            / max(result["requests"], 1) for role in sorted(cpu_after)}
+            runs.append(result)
+            cpu = ", ".join(f"{role} {ms:.1f}" for role, ms in result["cpu_ms_per_request"].items())
+            print(f"    {per_request} text(s)/request c={c:<3} {result['texts_per_s']:8.1f} texts/s  "
+                  f"p50 {result['p50_ms']:7.1f} ms  p95 {result['p95_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
+                  f"failures {result['failures']}\n      CPU ms per request: {cpu}", flush=True)
     sampler.phase = "cool-down"
     print(f"    cool-down {args.cooldown:.0f}s (watching replicas scale down)", flush=True)
     time.sleep(args.cooldown)
     sampler.stop()
     serve.delete(name)
-    peak = max(runs, key=lambda r: r["concurrency"])
+    saturation = {}
+    for per_request in args.texts_per_request:
+        peak = max((r for r in runs if r["texts_per_request"] == per_request), key=lambda r: r["texts_per_s"])
+        saturation[per_request] = {"concurrency": peak["concurrency"], "texts_per_s": peak["texts_per_s"],
+                                   "ratio": peak["texts_per_s"] / baseline["texts_per_s"]}
     under_load = [s for s in sampler.samples if s["phase"].startswith("load")]
     summary = {
-        "in_process": baseline, "serve": runs, "app_args": config,
-        "saturation_ratio": peak["texts_per_s"] / baseline["texts_per_s"],
+        "in_process": baseline, "serve": runs, "app_args": config, "saturation": saturation,
         "replicas": sampler.samples,
         "max_replicas_under_load": {d: max((s.get(d, 0) for s in under_load), default=0) for d in STAGES},
         "replicas_at_end": {d: sampler.samples[-1].get(d, 0) for d in STAGES} if sampler.samples else {},
     }
-    print(f"    saturation ratio {summary['saturation_ratio']:.2f}; replicas max under load "
+    ratios = ", ".join(f"{n} text(s)/request {s['ratio']:.2f}" for n, s in saturation.items())
+    print(f"    saturation ratio {ratios}; replicas max under load "
           f"{summary['max_replicas_under_load']}, at the end {summary['replicas_at_end']}", flush=True)
     return summary
 
@@ -188,22 +221,28 @@ def plot(results: dict, path: Path) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     top = max((s.get(d, 0) for r in results.values() for s in r["replicas"] for d in STAGES), default=1)
-    for model, r in results.items():
-        cs = [x["concurrency"] for x in r["serve"]]
-        line, = axes[0].plot(cs, [x["texts_per_s"] for x in r["serve"]], marker="o", label=f"{model} (Serve)")
-        axes[0].axhline(r["in_process"]["texts_per_s"], color=line.get_color(), linestyle="--",
+    markers = "os^vD"
+    for row, (model, r) in enumerate(results.items()):
+        color = None
+        for shape, per_request in enumerate(dict.fromkeys(x["texts_per_request"] for x in r["serve"])):
+            runs = [x for x in r["serve"] if x["texts_per_request"] == per_request]
+            cs, marker = [x["concurrency"] for x in runs], markers[shape % len(markers)]
+            line, = axes[0].plot(cs, [x["texts_per_s"] for x in runs], marker=marker, color=color,
+                                 label=f"{model} (Serve, {per_request} text(s)/request)")
+            color = line.get_color()
+            for q, style in (("p50_ms", "-"), ("p95_ms", "--")):
+                axes[1].plot(cs, [x[q] for x in runs], linestyle=style, marker=marker, color=color,
+                             label=f"{model} {per_request}x {q[:3]}")
+        axes[0].axhline(r["in_process"]["texts_per_s"], color=color, linestyle="--",
                         label=f"{model} (in-process encode)")
-        for q, style in (("p50_ms", "-"), ("p95_ms", "--"), ("p99_ms", ":")):
-            axes[1].plot(cs, [x[q] for x in r["serve"]], linestyle=style, marker="o", color=line.get_color(),
-                         label=f"{model} {q[:3]}")
         ts = [s["t"] for s in r["replicas"]]
         for phase in dict.fromkeys(s["phase"] for s in r["replicas"] if s["phase"].startswith("load")):
             span = [s["t"] for s in r["replicas"] if s["phase"] == phase]
-            axes[2].axvspan(span[0], span[-1], color=line.get_color(), alpha=0.08)
-            axes[2].text(span[0], top + 0.2, phase.removeprefix("load "), fontsize=7)
+            axes[2].axvspan(span[0], span[-1], color=color, alpha=0.08)
+            axes[2].text(span[0], top + 0.3 - 0.12 * row, phase.removeprefix("load "), fontsize=6, color=color)
         for stage, style in (("ContextEncoder", "--"), ("Decoder", "-")):
             axes[2].step(ts, [s.get(stage, 0) for s in r["replicas"]], where="post", linestyle=style,
-                         color=line.get_color(), label=f"{model} {stage}")
+                         color=color, label=f"{model} {stage}")
     concurrency = sorted({x["concurrency"] for r in results.values() for x in r["serve"]})
     axes[0].set(xscale="log", yscale="log", xlabel="concurrency", ylabel="texts/s", title="throughput")
     axes[1].set(xscale="log", yscale="log", xlabel="concurrency", ylabel="ms", title="latency")
@@ -225,7 +264,8 @@ def main() -> int:
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=2000, help="requests per concurrency level (at most)")
     parser.add_argument("--duration", type=float, default=30, help="seconds per concurrency level (at most)")
-    parser.add_argument("--texts-per-request", type=int, default=1)
+    parser.add_argument("--texts-per-request", nargs="+", type=int, default=[1, 8],
+                        help="request shapes: texts per request, each run at every concurrency")
     parser.add_argument("--texts", default=str(ROOT / "platform/causal2vec/samples/corpus.parquet"))
     parser.add_argument("--baseline-texts", type=int, default=512, help="texts timed for the in-process baseline")
     parser.add_argument("--config", default=str(ROOT / "serve_configs/local.yaml"), help="the app's base args")
@@ -267,13 +307,15 @@ def main() -> int:
     out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     plot(results, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
-    print("\n| model | in-process texts/s | " + " | ".join(f"c={c} texts/s (p95 ms)" for c in args.concurrency)
-          + " | ratio | replicas max / end |")
-    print("|---" * (4 + len(args.concurrency)) + "|")
+    print("\n| model | texts/request | in-process texts/s | "
+          + " | ".join(f"c={c} texts/s (p50 / p95 ms)" for c in args.concurrency) + " | ratio | replicas max / end |")
+    print("|---" * (5 + len(args.concurrency)) + "|")
     for model, r in results.items():
-        cells = " | ".join(f"{x['texts_per_s']:.0f} ({x['p95_ms']:.0f})" for x in r["serve"])
-        print(f"| {model} | {r['in_process']['texts_per_s']:.0f} | {cells} | {r['saturation_ratio']:.2f} | "
-              f"{r['max_replicas_under_load']['Decoder']} / {r['replicas_at_end'].get('Decoder')} |")
+        for per_request, peak in r["saturation"].items():
+            cells = " | ".join(f"{x['texts_per_s']:.1f} ({x['p50_ms']:.0f} / {x['p95_ms']:.0f})"
+                               for x in r["serve"] if x["texts_per_request"] == per_request)
+            print(f"| {model} | {per_request} | {r['in_process']['texts_per_s']:.1f} | {cells} | {peak['ratio']:.2f} "
+                  f"| {r['max_replicas_under_load']['Decoder']} / {r['replicas_at_end'].get('Decoder')} |")
     return 0
 
 
