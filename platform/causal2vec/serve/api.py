@@ -135,7 +135,7 @@ def _read_api_keys(env_name: str | None, path: str | None) -> set[str]:
 
 
 # -- the ingress deployment ---------------------------------------------------------------------------------------
-@serve.deployment(name="API", max_ongoing_requests=256)
+@serve.deployment(name="API")  # options (max_ongoing_requests, replicas) come from build_app
 @serve.ingress()
 class EmbeddingAPI:
     """FastAPI ingress over the encoder and decoder deployments (see the module docstring)."""

@@ -28,12 +28,11 @@ from causal2vec.model.tokenization import length_buckets
 
 log = logging.getLogger(__name__)
 
-# Defaults of the decorators; the deployments reset both from their arguments at start-up (set_max_batch_size /
-# set_batch_wait_timeout_s), so the YAML config is what counts.
-_DEFAULT_ENCODER_BATCH = 32
-_DEFAULT_DECODER_TOKENS = 8192
-_DEFAULT_WAIT_S = 0.005
-_DEFAULT_ROWS_PER_PASS = 16
+# @serve.batch needs values at import; every replica resets both from its arguments (set_max_batch_size /
+# set_batch_wait_timeout_s). The deployments take every setting as a required argument: `ServeArgs` (the `args:` of a
+# Serve config, through `build_app`) is the one place that holds their defaults.
+_IMPORT_TIME_BATCH = 1
+_IMPORT_TIME_WAIT_S = 0.0
 
 
 @dataclass
@@ -119,15 +118,14 @@ class _Stage:
         return True
 
 
-@serve.deployment(name="ContextEncoder", max_ongoing_requests=2 * _DEFAULT_ENCODER_BATCH)
+@serve.deployment(name="ContextEncoder")
 class ContextEncoderDeployment(_Stage):
     """Encoder token ids -> one CTX vector each (float32 numpy, in the decoder's hidden size)."""
 
     stage = "encoder"
 
-    def __init__(self, model: str, device: str | None = None, dtype: str | None = None,
-                 max_batch_size: int = _DEFAULT_ENCODER_BATCH, batch_wait_timeout_s: float = _DEFAULT_WAIT_S,
-                 torch_threads: int | None = None, rows_per_pass: int = _DEFAULT_ROWS_PER_PASS):
+    def __init__(self, model: str, device: str | None, dtype: str | None, *, max_batch_size: int,
+                 batch_wait_timeout_s: float, torch_threads: int | None, rows_per_pass: int):
         self.model, self.device = _load(model, device, dtype, torch_threads, part="encoder")
         self.rows_per_pass = rows_per_pass
         self.embed.set_max_batch_size(max_batch_size)
@@ -145,7 +143,7 @@ class ContextEncoderDeployment(_Stage):
                 ctx[part] = self.model.context_vectors(batch).float().cpu().numpy()
         return list(ctx)
 
-    @serve.batch(max_batch_size=_DEFAULT_ENCODER_BATCH, batch_wait_timeout_s=_DEFAULT_WAIT_S)
+    @serve.batch(max_batch_size=_IMPORT_TIME_BATCH, batch_wait_timeout_s=_IMPORT_TIME_WAIT_S)
     async def embed(self, rows: list[list[int]]) -> list:
         return await self._run_isolated(self._context_vectors, rows)
 
@@ -153,7 +151,7 @@ class ContextEncoderDeployment(_Stage):
         return self._raise_if_failed(await self.embed(ids))
 
 
-@serve.deployment(name="Decoder", max_ongoing_requests=64)
+@serve.deployment(name="Decoder")
 class DecoderDeployment(_Stage):
     """DecoderItem + its CTX vector -> the embedding (float32 numpy).
 
@@ -166,9 +164,8 @@ class DecoderDeployment(_Stage):
 
     stage = "decoder"
 
-    def __init__(self, model: str, device: str | None = None, dtype: str | None = None,
-                 max_batch_tokens: int = _DEFAULT_DECODER_TOKENS, batch_wait_timeout_s: float = _DEFAULT_WAIT_S,
-                 torch_threads: int | None = None, rows_per_pass: int = _DEFAULT_ROWS_PER_PASS):
+    def __init__(self, model: str, device: str | None, dtype: str | None, *, max_batch_tokens: int,
+                 batch_wait_timeout_s: float, torch_threads: int | None, rows_per_pass: int):
         from ray.serve.metrics import Histogram
 
         self.model, self.device = _load(model, device, dtype, torch_threads)
@@ -215,7 +212,7 @@ class DecoderDeployment(_Stage):
         self._batch_tokens.observe(padded)
         return list(out)
 
-    @serve.batch(max_batch_size=_DEFAULT_DECODER_TOKENS, batch_wait_timeout_s=_DEFAULT_WAIT_S,
+    @serve.batch(max_batch_size=_IMPORT_TIME_BATCH, batch_wait_timeout_s=_IMPORT_TIME_WAIT_S,
                  batch_size_fn=lambda pairs: padded_tokens([item for item, _ in pairs]))
     async def embed(self, pairs: list[tuple[DecoderItem, np.ndarray | None]]) -> list:
         return await self._run_isolated(self._embeddings, pairs)
