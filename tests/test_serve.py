@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -229,9 +230,8 @@ def test_health_and_metrics(serve_url):
     assert health.status_code == 200 and health.json()["status"] == "ok"
     metrics = httpx.get(f"{serve_url}/metrics", timeout=60)
     assert metrics.status_code == 200 and "text/plain" in metrics.headers["content-type"]
-    # Ray exports metrics every few seconds; earlier tests made traffic, so ours and Serve's show up
-    import time
-
+    # traffic of its own, so the test does not depend on earlier ones; Ray exports metrics every few seconds
+    assert _post(f"{serve_url}/v1/embeddings", {"model": "tiny", "input": TEXTS}).status_code == 200
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         text = httpx.get(f"{serve_url}/metrics", timeout=60).text
@@ -274,6 +274,29 @@ def test_overload_is_503_and_the_app_recovers(secure_url):
     assert _error(response)["code"] == "overloaded" and response.headers.get("retry-after")
     ok = _post(f"{secure_url}/v1/embeddings", {"model": "tiny", "input": "one"}, headers=headers)
     assert ok.status_code == 200
+
+
+
+def test_health_is_503_while_a_stage_is_down_and_200_once_serve_replaces_it(secure_url):
+    """Kill the secure app's only ContextEncoder replica: /health reports the encoder not ready until Serve's
+    controller has started a new replica, then 200 again."""
+    import ray
+
+    name = next(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith(f"SERVE_REPLICA::{SECURE}#ContextEncoder#"))
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    down = httpx.get(f"{secure_url}/health", timeout=60)
+    assert down.status_code == 503, down.text[:300]
+    assert _error(down)["code"] == "not_ready" and "encoder" in _error(down)["message"]
+    for _ in range(120):
+        if httpx.get(f"{secure_url}/health", timeout=60).status_code == 200:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("/health did not come back to 200 within 2 minutes of the replica's death")
+    ok = _post(f"{secure_url}/v1/embeddings", {"model": "tiny", "input": "back"},
+               headers={"Authorization": f"Bearer {ENV_KEY}"})
+    assert ok.status_code == 200, ok.text[:300]
 
 
 # -- search ----------------------------------------------------------------------------------------------------------
