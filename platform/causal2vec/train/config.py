@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from causal2vec.errors import Causal2VecError
+from causal2vec.model.config import LoraSettings
 from causal2vec.yaml_config import read_config
 
 
@@ -16,11 +17,16 @@ class _Section(BaseModel):
 
 
 class LoraSection(_Section):
+    """LoRA on the decoder: `enabled` plus the model library's LoraSettings, whose defaults these are."""
+
     enabled: bool = True
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] | None = None
+    r: int = LoraSettings.r
+    alpha: int = LoraSettings.alpha
+    dropout: float = LoraSettings.dropout
+    target_modules: list[str] | None = LoraSettings.target_modules
+
+    def settings(self) -> LoraSettings:
+        return LoraSettings(r=self.r, alpha=self.alpha, dropout=self.dropout, target_modules=self.target_modules)
 
 
 class ModelSection(_Section):

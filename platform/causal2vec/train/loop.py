@@ -43,7 +43,7 @@ class TrainState:
 
 def build_model(config: TrainConfig):
     """The model a run starts from, identical on every rank (presets are seeded, saved dirs are files)."""
-    from causal2vec.model import Causal2Vec, Causal2VecConfig, LoraSettings
+    from causal2vec.model import Causal2Vec, Causal2VecConfig
 
     m = config.model
     if m.init:
@@ -52,8 +52,7 @@ def build_model(config: TrainConfig):
         model = Causal2Vec.from_config(Causal2VecConfig(encoder=m.encoder, decoder=m.decoder,
                                                         **m.config_overrides()), device="cpu", dtype="fp32")
     if m.lora.enabled and not model.has_lora:
-        model.enable_lora(LoraSettings(r=m.lora.r, alpha=m.lora.alpha, dropout=m.lora.dropout,
-                                       target_modules=m.lora.target_modules))
+        model.enable_lora(m.lora.settings())
     if m.gradient_checkpointing:
         # non-reentrant: the reentrant variant breaks under ZeRO-3 + LoRA ("Recomputed values ... differ")
         kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
