@@ -276,7 +276,6 @@ def test_overload_is_503_and_the_app_recovers(secure_url):
     assert ok.status_code == 200
 
 
-
 def test_health_is_503_while_a_stage_is_down_and_200_once_serve_replaces_it(secure_url):
     """Kill the secure app's only ContextEncoder replica: /health reports the encoder not ready until Serve's
     controller has started a new replica, then 200 again."""
