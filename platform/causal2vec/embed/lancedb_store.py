@@ -191,9 +191,12 @@ def search(table, model, query: str, k: int = 10, mode: str = "vector", filter: 
              .distance_type(DISTANCE).rerank(RRFReranker()))
     if filter:
         q = q.where(filter, prefilter=True) if mode == "vector" else q.where(filter)
-    score = {"vector": ["_distance"], "fts": ["_score"], "hybrid": []}[mode]  # named, or lance warns per query
+    if mode != "hybrid":  # score columns named, or lance warns per query
+        q = q.select(columns + {"vector": ["_distance"], "fts": ["_score"]}[mode])
+    # A hybrid query hands one projection to both its legs, which need different score columns: it selects nothing
+    # (the vector is dropped below).
     try:
-        rows = q.select(columns + score).limit(k).to_list()
+        rows = q.limit(k).to_list()
     except (ValueError, RuntimeError, OSError) as exc:
         if filter:  # a bad where-clause is the usual cause; say which flag to fix
             raise Causal2VecError(f"search failed for filter {filter!r}: {str(exc).splitlines()[0]}") from exc
