@@ -4,9 +4,8 @@ For each model: time `model.encode` in this process (same texts, batch size = th
 the app from serve_configs/local.yaml's args (autoscaling delays shortened so a short run shows scaling), then for
 each request shape (texts per request) and each concurrency run closed-loop clients (each sends a request, waits for
 the answer, sends the next) until --requests requests or --duration seconds, recording throughput and latency
-percentiles. A background thread samples
-the replica counts with serve.status() every second, through the load and a cool-down, to show autoscaling add
-replicas under load and remove them after.
+percentiles. A background thread samples the replica counts with serve.status() every second, through the load
+and a cool-down, to show autoscaling add replicas under load and remove them after.
 
 saturation ratio = the best served texts/s over the concurrencies / in-process texts/s (the target is >= 0.8), per
 request shape: one text per request pays the HTTP proxy and the ingress once per text, a list of texts once per list

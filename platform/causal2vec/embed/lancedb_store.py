@@ -179,11 +179,15 @@ def search(table, model, query: str, k: int = 10, mode: str = "vector", filter: 
         query_vector = np.asarray(query_vector, dtype=np.float32).reshape(-1)
         if query_vector.shape[0] != identity["dim"]:
             raise Causal2VecError(f"query_vector has {query_vector.shape[0]} dims; the table has {identity['dim']}")
+    # Single-mode queries name their score column in the projection, or lance warns per query. A hybrid query hands
+    # one projection to both its legs, which need different score columns, so it selects nothing (the vector is
+    # dropped below).
     columns = [f.name for f in table.schema if f.name != "vector"]
     if mode == "vector":
-        q = table.search(query_vector, vector_column_name="vector").distance_type(DISTANCE)
+        q = (table.search(query_vector, vector_column_name="vector").distance_type(DISTANCE)
+             .select(columns + ["_distance"]))
     elif mode == "fts":
-        q = table.search(query, query_type="fts")
+        q = table.search(query, query_type="fts").select(columns + ["_score"])
     else:
         from lancedb.rerankers import RRFReranker
 
@@ -191,10 +195,6 @@ def search(table, model, query: str, k: int = 10, mode: str = "vector", filter: 
              .distance_type(DISTANCE).rerank(RRFReranker()))
     if filter:
         q = q.where(filter, prefilter=True) if mode == "vector" else q.where(filter)
-    if mode != "hybrid":  # score columns named, or lance warns per query
-        q = q.select(columns + {"vector": ["_distance"], "fts": ["_score"]}[mode])
-    # A hybrid query hands one projection to both its legs, which need different score columns: it selects nothing
-    # (the vector is dropped below).
     try:
         rows = q.limit(k).to_list()
     except (ValueError, RuntimeError, OSError) as exc:
