@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from causal2vec.errors import Causal2VecError
+from causal2vec.model import gguf
 from causal2vec.model.causal2vec import Causal2Vec
 from causal2vec.model.config import Causal2VecConfig
 from causal2vec.model.context_encoder import ContextEncoder, Projector
@@ -132,8 +133,8 @@ def load_builder_for_ids(encoder: str, decoder: str, **config_overrides) -> Batc
     from transformers import AutoTokenizer
 
     config = Causal2VecConfig(encoder=encoder, decoder=decoder, **config_overrides)
-    dec_tok = _hf_load(decoder, "decoder", lambda: AutoTokenizer.from_pretrained(decoder))
-    enc_tok = _hf_load(encoder, "encoder", lambda: AutoTokenizer.from_pretrained(encoder)) \
+    dec_tok = _hf_load(decoder, "decoder", lambda: AutoTokenizer.from_pretrained(local_source(decoder)))
+    enc_tok = _hf_load(encoder, "encoder", lambda: AutoTokenizer.from_pretrained(local_source(encoder))) \
         if config.use_ctx_token else dec_tok
     return BatchBuilder(enc_tok, dec_tok, config)
 
@@ -196,19 +197,30 @@ def save(model: Causal2Vec, path: str | Path, *, merge_lora: bool = False) -> Pa
 
 
 # -- Hugging Face parts -------------------------------------------------------------------------------------------
+def local_source(name_or_path: str) -> str:
+    """What transformers loads for a source: GGUF files become their cached dequantized directory (gguf.py)."""
+    return str(gguf.local_dir(name_or_path)) if gguf.is_gguf(name_or_path) else name_or_path
+
+
 def load_hf_encoder(name_or_path: str):
     from transformers import AutoModel, AutoTokenizer
 
-    return _hf_load(name_or_path, "encoder", lambda: (AutoModel.from_pretrained(name_or_path),
-                                                      AutoTokenizer.from_pretrained(name_or_path)))
+    def load():
+        path = local_source(name_or_path)
+        return AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+    return _hf_load(name_or_path, "encoder", load)
 
 
 def load_hf_decoder(name_or_path: str, attn_implementation: str = "sdpa"):
     from transformers import AutoModel, AutoTokenizer
 
-    return _hf_load(name_or_path, "decoder", lambda: (
-        AutoModel.from_pretrained(name_or_path, attn_implementation=attn_implementation),
-        AutoTokenizer.from_pretrained(name_or_path)))
+    def load():
+        path = local_source(name_or_path)
+        return AutoModel.from_pretrained(path, attn_implementation=attn_implementation), \
+            AutoTokenizer.from_pretrained(path)
+
+    return _hf_load(name_or_path, "decoder", load)
 
 
 def _hf_load(name_or_path: str, role: str, loader):
