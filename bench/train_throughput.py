@@ -54,7 +54,7 @@ def ray_run(args, workers: int, threads: int) -> dict:
 def plain_run(args, threads: int) -> dict:
     """What the Ray loop does per step, without Ray, DeepSpeed or a process group."""
     from causal2vec.train.data import TokenizePairs, collate
-    from causal2vec.train.loop import build_model, cpu_autocast, lr_lambda, parameter_groups
+    from causal2vec.train.loop import build_model, cpu_autocast, embed_passes, lr_lambda, parameter_groups
     from causal2vec.train.loss import info_nce
     from causal2vec.train.trainer import model_spec
 
@@ -68,9 +68,11 @@ def plain_run(args, threads: int) -> dict:
     mb, history, t0, samples = args.micro_batch, [], time.perf_counter(), 0
     model.train()
     for step in range(1, args.steps + 1):
-        batch, b, _ = collate(model.builder, rows.slice(((step - 1) * mb) % (rows.num_rows - mb), mb))
+        batch = collate(model.builder, rows.slice(((step - 1) * mb) % (rows.num_rows - mb), mb),
+                        config.optim.rows_per_pass)
+        b = batch.queries
         with cpu_autocast(config, use_gpu=False):
-            embeddings = model(batch).float()
+            embeddings = embed_passes(model, batch, "cpu")
         loss = info_nce(embeddings[:b], embeddings[b:2 * b], embeddings[2 * b:],
                         temperature=config.optim.temperature)
         loss.backward()

@@ -278,3 +278,19 @@ def test_minilm_small_decoder_is_causal(minilm_small):
     with torch.no_grad():
         hidden = minilm_small.decoder_hidden_states(batch, ctx)
     torch.testing.assert_close(hidden[0, :5], hidden[1, :5], atol=1e-5, rtol=0)
+
+
+def test_rows_cut_after_ctx_give_the_exact_ctx_state(tiny):
+    """Projector alignment runs the decoder only up to CTX; causal attention makes that exact."""
+    instruction = "Instruct: find the package\nQuery: "
+    builder = tiny.builder
+    enc = builder.encode_for_encoder([SHORT, LONG])
+    ids = builder.tokenize_for_decoder([SHORT, LONG])
+    full, cut = builder.decoder_batch(ids, instruction), builder.decoder_batch(ids, instruction, through_ctx=True)
+    assert cut.input_ids.shape[1] < full.input_ids.shape[1] and (cut.eos_index == cut.ctx_index).all()
+    with torch.no_grad():
+        ctx = tiny.context_vectors(enc)
+        rows = torch.arange(2)
+        want = tiny.decoder_hidden_states(full, ctx)[rows, full.ctx_index]
+        got = tiny.decoder_hidden_states(cut, ctx)[rows, cut.ctx_index]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)

@@ -197,3 +197,19 @@ def _children(proc):
         return proc.children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+
+
+def test_projector_alignment_leaves_the_adapters_alone(ray_session, tmp_path, tiny):
+    """align_steps: the encoder and projector train on the CTX state while the decoder's adapters wait."""
+    config = _config(tmp_path, "align", "optim.max_steps=4", "optim.align_steps=4", "merge_lora=false",
+                     "optim.lr_projector=1.0e-2", "ray.report_every_steps=2")
+    _, summary = _fit(config)
+    model = Causal2Vec.from_pretrained(summary["export_dir"])
+    lora_b = [p for n, p in model.decoder.named_parameters() if "lora_B" in n]
+    assert lora_b and max(float(p.abs().max()) for p in lora_b) == 0, "adapters must not move while aligning"
+    assert summary["history"][0]["lr"] == 0.0, "the decoder group's lr is 0 while aligning"
+    projector = dict(model.context_encoder.projector.named_parameters())
+    before = dict(tiny.context_encoder.projector.named_parameters())
+    assert max(float((projector[k] - before[k]).abs().max()) for k in before) > 1e-3, "the projector trained"
+    with pytest.raises(Causal2VecError, match="use_ctx_token=false"):
+        _config(tmp_path, "align-bad", "optim.align_steps=2", "model.use_ctx_token=false", "model.pooling=last")

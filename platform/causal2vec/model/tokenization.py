@@ -137,11 +137,19 @@ class BatchBuilder:
         return [len(row) for row, _, _, _ in layout], [cut for _, _, _, cut in layout]
 
     def decoder_batch(self, token_ids: Sequence[Sequence[int]],
-                      instruction: str | Sequence[str | None] | None = None) -> DecoderBatch:
+                      instruction: str | Sequence[str | None] | None = None, *,
+                      through_ctx: bool = False) -> DecoderBatch:
+        """Padded decoder tensors. `through_ctx` cuts each row right after its CTX slot: causal attention makes the
+        CTX state independent of the text after it, so the cut is exact and cheap; the EOS index then points at CTX,
+        so every pooling mode reads the CTX state (what projector alignment trains)."""
         cfg = self.config
+        if through_ctx and not cfg.use_ctx_token:
+            raise Causal2VecError("through_ctx needs a model with the Contextual token")
         rows, ctx_at, eos_at, pool_from, truncated = [], [], [], [], []
         for ids, ins in zip(token_ids, per_text(instruction, len(token_ids))):
             row, ctx, pool_start, cut = self._decoder_row(ids, ins)
+            if through_ctx:
+                row, pool_start, cut = row[:ctx + 1], ctx, False
             rows.append(row)
             ctx_at.append(ctx)
             eos_at.append(len(row) - 1)

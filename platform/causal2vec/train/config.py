@@ -85,14 +85,19 @@ class DataSection(_Section):
 
 class OptimSection(_Section):
     lr_lora: float = 2e-4  # LoRA adapters on the decoder (or the full decoder when LoRA is off)
-    lr_encoder: float = 5e-5  # encoder + projector, trained fully
+    lr_encoder: float = 5e-5  # the pretrained encoder, trained fully
+    lr_projector: float | None = None  # the projector (random init), trained fully; None = lr_encoder
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    # Projector alignment first, as multimodal LLMs do: the first `align_steps` optimizer steps train the encoder
+    # and projector on the CTX state alone (decoder rows cut after CTX: about the encoder's cost), adapters idle.
+    align_steps: int = 0
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     max_grad_norm: float = 1.0
     epochs: int = 1
     max_steps: int | None = None
     micro_batch_size: int = 16  # per worker
+    rows_per_pass: int | None = None  # length-sorted forward passes per micro-batch; None = micro_batch_size
     grad_accumulation: int = 1
     temperature: float = 0.05
     symmetric: bool = False
@@ -129,6 +134,13 @@ class TrainConfig(_Section):
     ray: RaySection = Field(default_factory=RaySection)
     output_dir: str | None = None  # where rank 0 exports the final model (default: <storage>/<name>/model)
     merge_lora: bool = True
+
+    @model_validator(mode="after")
+    def _alignment_needs_ctx(self) -> TrainConfig:
+        if self.optim.align_steps and self.model.use_ctx_token is False:
+            raise ValueError("optim.align_steps trains the Contextual token's projector; the model has none "
+                             "(model.use_ctx_token=false)")
+        return self
 
     @property
     def export_dir(self) -> Path:

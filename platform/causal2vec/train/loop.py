@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import resource
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from causal2vec.train.config import TrainConfig
-from causal2vec.train.data import collate, epoch_schedule, iterate_epoch
+from causal2vec.train.data import TrainBatch, collate, epoch_schedule, iterate_epoch
 from causal2vec.train.loss import info_nce
 
 log = logging.getLogger(__name__)
@@ -63,28 +64,43 @@ def build_model(config: TrainConfig):
 
 
 def parameter_groups(model, config: TrainConfig) -> list[dict]:
-    """LoRA adapters (or the whole decoder without LoRA) at lr_lora; encoder + projector, trained fully, at
-    lr_encoder."""
-    decoder = [p for p in model.decoder.parameters() if p.requires_grad]
-    encoder = [p for p in model.context_encoder.parameters() if p.requires_grad] if model.context_encoder else []
-    groups = [{"params": decoder, "lr": config.optim.lr_lora, "name": "decoder"}]
-    if encoder:
-        groups.append({"params": encoder, "lr": config.optim.lr_encoder, "name": "encoder+projector"})
+    """LoRA adapters (or the whole decoder without LoRA) at lr_lora; the pretrained encoder at lr_encoder; the
+    projector, which starts from random weights, at lr_projector (default lr_encoder)."""
+    o = config.optim
+    groups = [{"params": [p for p in model.decoder.parameters() if p.requires_grad], "lr": o.lr_lora,
+               "name": "decoder"}]
+    if model.context_encoder is not None:
+        ctx = model.context_encoder
+        groups.append({"params": [p for p in ctx.encoder.parameters() if p.requires_grad], "lr": o.lr_encoder,
+                       "name": "encoder"})
+        groups.append({"params": list(ctx.projector.parameters()), "lr": o.lr_projector or o.lr_encoder,
+                       "name": "projector"})
     return groups
 
 
-def lr_lambda(config: TrainConfig, total_steps: int):
+def lr_lambda(config: TrainConfig, total_steps: int, start: int = 0):
+    """The learning-rate factor per step for a parameter group that starts training at step `start` (0 before it):
+    linear warm-up over `warmup_steps`, then the schedule down to `total_steps`."""
     warmup, schedule = config.optim.warmup_steps, config.optim.schedule
 
     def factor(step: int) -> float:
+        step -= start
+        if step < 0:
+            return 0.0
         if warmup and step < warmup:
             return (step + 1) / warmup
         if schedule == "constant":
             return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        progress = min(1.0, (step - warmup) / max(1, total_steps - start - warmup))
         return 1.0 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def group_schedules(config: TrainConfig, total_steps: int, groups: list[dict]) -> list:
+    """One lr factor per parameter group: the decoder's adapters wait out the projector-alignment steps."""
+    return [lr_lambda(config, total_steps, config.optim.align_steps if g["name"] == "decoder" else 0)
+            for g in groups]
 
 
 def cpu_autocast(config: TrainConfig, use_gpu: bool):
@@ -140,10 +156,12 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     if config.optim.max_steps:
         total_steps = min(total_steps, config.optim.max_steps)
 
-    optimizer = torch.optim.AdamW(parameter_groups(model, config), weight_decay=config.optim.weight_decay)
+    groups = parameter_groups(model, config)
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.optim.weight_decay)
+    schedules = group_schedules(config, total_steps, groups)
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, config=deepspeed_config(config, config.ray.use_gpu),
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(config, total_steps)))
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedules))
 
     state = TrainState()
     checkpoint = ray.train.get_checkpoint()
@@ -157,7 +175,8 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
 
     dev = _dev_task(config) if config.data.dev else None
     shards = [ray.train.get_dataset_shard(f"train{i}") for i in range(len(sources))]
-    window = {"loss": 0.0, "n": 0, "samples": 0, "tokens": 0, "t0": time.perf_counter()}
+    window = {"loss": 0.0, "n": 0, "samples": 0, "tokens": 0, "grad_norm": 0.0, "steps": 0,
+              "t0": time.perf_counter()}
     history = state.history
     engine.train()
     epochs = _epochs(shards, batches_per_source, steps_per_epoch * accum, config, state)
@@ -165,9 +184,12 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         if state.step >= total_steps:  # resumed from the final checkpoint of a finished run
             break
         _maybe_fail(config, state, rank)
-        batch, b, tokens = collate(builder, table)
+        # projector alignment (optim.align_steps): the CTX state alone, decoder rows cut after CTX, adapters idle
+        aligning = state.step < config.optim.align_steps
+        batch = collate(builder, table, config.optim.rows_per_pass, through_ctx=aligning)
         with cpu_autocast(config, config.ray.use_gpu):
-            embeddings = engine(batch.to(device)).float()
+            embeddings = embed_passes(engine, batch, device)
+        b = batch.queries
         q, p, n = embeddings[:b], embeddings[b:2 * b], embeddings[2 * b:]
         loss = info_nce(q, p, n, temperature=config.optim.temperature, symmetric=config.optim.symmetric)
         engine.backward(loss)
@@ -176,17 +198,19 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         window["loss"] += loss.item()
         window["n"] += 1
         window["samples"] += b * world
-        window["tokens"] += tokens
+        window["tokens"] += batch.tokens
         if state.position % accum:
             continue
         state.step += 1
         state.samples += b * world * accum
+        window["grad_norm"] += float(engine.get_global_grad_norm() or 0.0)
+        window["steps"] += 1
         last = state.step >= total_steps
         save = state.step % config.ray.checkpoint_every_steps == 0 and not last
         if state.step % config.ray.report_every_steps == 0 or save or last:
             metrics = _window_metrics(window, state, scheduler, world) | {"optimizer_step": _optimizer_step(engine)}
             if dev is not None and config.data.dev.every_steps and state.step % config.data.dev.every_steps == 0:
-                metrics |= _dev_metrics(engine.module, dev)
+                metrics |= _dev_metrics(engine.module, dev, config)
             history.append(metrics)
             if not last:  # the last step reports once, below, after the export
                 _report(engine, state, metrics, save=save)
@@ -197,13 +221,22 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         history.append({"step": state.step})
     final = history[-1]  # the last step's metrics, completed in place with the dev score and the export
     if dev is not None and "dev_ndcg_at_10" not in final:  # not already evaluated at this step
-        final |= _dev_metrics(engine.module, dev)
+        final |= _dev_metrics(engine.module, dev, config)
     export_dir = config.export_dir
     _export(engine, config, rank, export_dir)
     final["export_dir"] = str(export_dir)
     _report(engine, state, final, save=True)
     where = {k: v for k, v in asdict(state).items() if k != "history"}
     return {"history": history, "state": where, "export_dir": str(export_dir)} if rank == 0 else None
+
+
+def embed_passes(model, batch: TrainBatch, device) -> torch.Tensor:
+    """Embeddings of every row of the micro-batch, in row order, one differentiable forward per pass."""
+    parts, rows = [], []
+    for index, part in batch.passes:
+        parts.append(model(part.to(device)).float())
+        rows += index
+    return torch.cat(parts)[torch.tensor(rows, device=device).argsort()]
 
 
 def _epochs(shards, batches_per_source: list[int], micro_per_epoch: int, config: TrainConfig, state: TrainState):
@@ -231,16 +264,26 @@ def _window_metrics(window: dict, state: TrainState, scheduler, world: int) -> d
     """Loss averaged over ranks and the steps since the last report; throughput over the same window."""
     loss = torch.tensor([window["loss"] / max(1, window["n"])], dtype=torch.float64)
     tokens = torch.tensor([float(window["tokens"])], dtype=torch.float64)
+    peak = torch.tensor([_peak_memory_gb()], dtype=torch.float64)
     if dist.is_initialized():
         dist.all_reduce(loss)
         dist.all_reduce(tokens)
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
         loss /= world
     elapsed = time.perf_counter() - window["t0"]
     metrics = {"step": state.step, "epoch": state.epoch, "loss": float(loss), "lr": scheduler.get_last_lr()[0],
                "samples_per_s": window["samples"] / elapsed, "tokens_per_s": float(tokens) / elapsed,
-               "samples": state.samples, "restarts": state.restarts}
-    window.update(loss=0.0, n=0, samples=0, tokens=0, t0=time.perf_counter())
+               "samples": state.samples, "restarts": state.restarts, "peak_memory_gb": round(float(peak), 2),
+               "grad_norm": window["grad_norm"] / max(1, window["steps"])}  # before clipping (max_grad_norm)
+    window.update(loss=0.0, n=0, samples=0, tokens=0, grad_norm=0.0, steps=0, t0=time.perf_counter())
     return metrics
+
+
+def _peak_memory_gb() -> float:
+    """This worker's peak memory so far: the GPU's allocator peak on GPU runs, the process's peak RSS on CPU."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def _report(engine, state: TrainState, metrics: dict, *, save: bool) -> None:
@@ -284,12 +327,13 @@ def _dev_task(config: TrainConfig):
     return task.with_corpus_limit(dev.limit_corpus) if dev.limit_corpus else task
 
 
-def _dev_metrics(model, task) -> dict:
+def _dev_metrics(model, task, config: TrainConfig) -> dict:
     """Every rank evaluates (ZeRO-3 needs all ranks in each forward); all get the same numbers."""
     from causal2vec.eval.retrieval import evaluate
 
     was_training = model.training
-    scores = evaluate(model, task, batch_size=64)
+    with cpu_autocast(config, config.ray.use_gpu):  # the training dtype: bf16 autocast makes CPU evals ~2x faster
+        scores = evaluate(model, task, batch_size=64)
     model.train(was_training)
     return {"dev_ndcg_at_10": scores["ndcg_at_10"], "dev_recall_at_10": scores["recall_at_10"]}
 
