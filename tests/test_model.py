@@ -294,3 +294,13 @@ def test_rows_cut_after_ctx_give_the_exact_ctx_state(tiny):
         want = tiny.decoder_hidden_states(full, ctx)[rows, full.ctx_index]
         got = tiny.decoder_hidden_states(cut, ctx)[rows, cut.ctx_index]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_eos_token_picks_the_closing_token_and_must_be_one_token():
+    model = tiny_with_decoder("llama", eos_token="\n")
+    batch = model.builder([SHORT, LONG]).decoder
+    newline = model.decoder_tokenizer("\n", add_special_tokens=False)["input_ids"]
+    assert len(newline) == 1
+    assert (batch.input_ids[torch.arange(2), batch.eos_index] == newline[0]).all()
+    with pytest.raises(Causal2VecError, match="must be one"):
+        tiny_with_decoder("llama", eos_token="two words")

@@ -87,6 +87,10 @@ class Causal2Vec(nn.Module):
         lora = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                           target_modules=settings.target_modules or _default_lora_targets(self.decoder))
         self.decoder = seeded(seed, lambda: get_peft_model(self.decoder, lora))
+        if settings.train_norms:
+            for module in self.decoder.modules():
+                if isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("RMSNorm"):
+                    module.requires_grad_(True)
         self.config.lora = settings
         return self
 

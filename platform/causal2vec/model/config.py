@@ -26,6 +26,9 @@ class LoraSettings:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] | None = None
+    # Also train the decoder's normalisation weights (a few thousand parameters): LLM hidden states carry a few
+    # outlier dimensions that dominate cosine similarity, and the final norm's weights can scale them down directly.
+    train_norms: bool = False
 
 
 @dataclass
@@ -45,6 +48,10 @@ class Causal2VecConfig:
     use_ctx_token: bool = True  # False: the decoder alone (the paper's "without Contextual token" ablation)
     ctx_placement: CtxPlacement = "after_instruction"  # [BOS][instr][CTX][text][EOS] vs [BOS][CTX][instr][text][EOS]
     padding_side: PaddingSide = "right"
+    # The token closed onto every text, whose state `last` / `concat` pool; None = the tokenizer's EOS. An instruct
+    # LLM's end-of-turn token (SmolLM2's <|im_end|>) always predicts the same next token, so its state starts out
+    # nearly the same for every text; a plain token such as "\n" may start closer to a summary.
+    eos_token: str | None = None
     max_encoder_length: int = 512
     max_decoder_length: int = 512
     attn_implementation: str = "sdpa"

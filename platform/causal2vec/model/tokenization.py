@@ -80,6 +80,8 @@ class BatchBuilder:
         dec = decoder_tokenizer
         self.bos_id = dec.bos_token_id if dec.bos_token_id is not None else dec.cls_token_id
         self.eos_id = dec.eos_token_id if dec.eos_token_id is not None else dec.sep_token_id
+        if config.eos_token is not None:
+            self.eos_id = _single_token(dec, config.eos_token)
         if self.eos_id is None:
             raise Causal2VecError("the decoder tokenizer has neither an eos_token nor a sep_token; the embedding is "
                                   "read at the EOS position, so set tokenizer.eos_token")
@@ -239,6 +241,13 @@ def validate_texts(texts) -> list[str]:
         if not text.strip():
             raise Causal2VecError(f"text #{i} is empty or whitespace only; every input must be a non-empty string")
     return texts
+
+
+def _single_token(tokenizer, text: str) -> int:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise Causal2VecError(f"eos_token {text!r} is {len(ids)} tokens for the decoder's tokenizer; it must be one")
+    return ids[0]
 
 
 def _special_token_template(tokenizer) -> tuple[list[int], list[int]]:

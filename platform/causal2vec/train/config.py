@@ -24,9 +24,11 @@ class LoraSection(_Section):
     alpha: int = LoraSettings.alpha
     dropout: float = LoraSettings.dropout
     target_modules: list[str] | None = LoraSettings.target_modules
+    train_norms: bool = LoraSettings.train_norms
 
     def settings(self) -> LoraSettings:
-        return LoraSettings(r=self.r, alpha=self.alpha, dropout=self.dropout, target_modules=self.target_modules)
+        return LoraSettings(r=self.r, alpha=self.alpha, dropout=self.dropout, target_modules=self.target_modules,
+                            train_norms=self.train_norms)
 
 
 class ModelSection(_Section):
@@ -39,6 +41,7 @@ class ModelSection(_Section):
     use_ctx_token: bool | None = None
     max_encoder_length: int | None = None
     max_decoder_length: int | None = None
+    eos_token: str | None = None
     lora: LoraSection = Field(default_factory=LoraSection)
     gradient_checkpointing: bool = False
 
@@ -53,7 +56,7 @@ class ModelSection(_Section):
         return self
 
     def config_overrides(self) -> dict[str, Any]:
-        keys = ("pooling", "use_ctx_token", "max_encoder_length", "max_decoder_length")
+        keys = ("pooling", "use_ctx_token", "max_encoder_length", "max_decoder_length", "eos_token")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
