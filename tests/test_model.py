@@ -304,3 +304,15 @@ def test_eos_token_picks_the_closing_token_and_must_be_one_token():
     assert (batch.input_ids[torch.arange(2), batch.eos_index] == newline[0]).all()
     with pytest.raises(Causal2VecError, match="must be one"):
         tiny_with_decoder("llama", eos_token="two words")
+
+
+@pytest.mark.parametrize("arch, expected", [
+    ("llama", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
+    ("bert-causal", {"query", "key", "value", "dense"})])
+def test_lora_on_all_linear_layers(arch, expected):
+    from causal2vec.model.config import LoraSettings
+
+    model = tiny_with_decoder(arch).enable_lora(LoraSettings(target_modules="all-linear"))
+    adapted = {name.split(".lora_A")[0] for name, _ in model.decoder.named_parameters() if ".lora_A" in name}
+    assert {name.rsplit(".", 1)[-1] for name in adapted} == expected
+    assert not any("pooler" in name for name in adapted), "BERT's unused pooler gets no adapter"

@@ -85,7 +85,7 @@ class Causal2Vec(nn.Module):
             raise Causal2VecError("the decoder already has LoRA adapters")
         settings = settings or self.config.lora or LoraSettings()
         lora = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                          target_modules=settings.target_modules or _default_lora_targets(self.decoder))
+                          target_modules=_lora_targets(self.decoder, settings.target_modules))
         self.decoder = seeded(seed, lambda: get_peft_model(self.decoder, lora))
         if settings.train_norms:
             for module in self.decoder.modules():
@@ -192,8 +192,13 @@ class Causal2Vec(nn.Module):
         return self.to(device=device, dtype=resolve_dtype(dtype, device))
 
 
-def _default_lora_targets(decoder: nn.Module) -> list[str] | None:
-    """peft knows the attention projections of Llama/Qwen2/Mistral/GPT-2; BERT-as-decoder needs naming."""
-    if getattr(decoder.config, "model_type", None) == "bert":
+def _lora_targets(decoder: nn.Module, targets: list[str] | str | None) -> list[str] | None:
+    """`all-linear`: every linear layer of the decoder (attention and MLP) but BERT's unused pooler, by full name.
+    None: peft's default for the architecture (Llama/Qwen2/Mistral/GPT-2 attention projections); BERT-as-decoder
+    needs naming."""
+    if targets == "all-linear":
+        return sorted(name for name, module in decoder.named_modules()
+                      if isinstance(module, nn.Linear) and "pooler" not in name)
+    if targets is None and getattr(decoder.config, "model_type", None) == "bert":
         return ["query", "value"]
-    return None
+    return targets

@@ -20,12 +20,13 @@ CtxPlacement = Literal["after_instruction", "after_bos"]
 
 @dataclass
 class LoraSettings:
-    """LoRA on the decoder (peft). `target_modules=None` lets peft pick its default for the architecture."""
+    """LoRA on the decoder (peft). `target_modules`: module names, `"all-linear"` (attention and MLP), or None for
+    peft's default for the architecture (the attention projections)."""
 
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    target_modules: list[str] | None = None
+    target_modules: list[str] | Literal["all-linear"] | None = None
     # Also train the decoder's normalisation weights (a few thousand parameters): LLM hidden states carry a few
     # outlier dimensions that dominate cosine similarity, and the final norm's weights can scale them down directly.
     train_norms: bool = False

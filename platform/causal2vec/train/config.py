@@ -23,7 +23,7 @@ class LoraSection(_Section):
     r: int = LoraSettings.r
     alpha: int = LoraSettings.alpha
     dropout: float = LoraSettings.dropout
-    target_modules: list[str] | None = LoraSettings.target_modules
+    target_modules: list[str] | Literal["all-linear"] | None = LoraSettings.target_modules
     train_norms: bool = LoraSettings.train_norms
 
     def settings(self) -> LoraSettings:
