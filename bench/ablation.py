@@ -1,7 +1,9 @@
 """The paper's ablation in miniature: pooling `concat` vs `last` vs `ctx`, and with vs without the Contextual token.
 
-Every variant starts from `minilm-small` and gets the same training budget (same pairs, steps, batch, seed) through
-the real Ray Train + DeepSpeed loop, then is scored on Debian test queries against their documents plus distractors.
+Every variant starts from the base config's model (default `smollm2`, jobs/configs/smollm2.yaml) and gets the same
+training budget (same pairs, steps, batch, seed) through the real Ray Train + DeepSpeed loop, then is scored on
+Debian test queries against their documents plus distractors. The decoder-only variant has no projector to align,
+so its `optim.align_steps` is 0: it trains the full objective on every step of the same budget.
 
     python bench/ablation.py --data ../shared/data/debian-pkgs
 
@@ -37,12 +39,13 @@ def train_variant(args, name: str, overrides: dict, pairs: Path, work: Path) -> 
     from causal2vec.train.trainer import run_training
 
     slug = "".join(c if c.isalnum() else "-" for c in name.split(" (")[0] + "-" + str(overrides["use_ctx_token"]))
-    sets = [f"model.{k}={str(v).lower()}" for k, v in overrides.items()] + [
+    sets = [f"model.{k}={str(v).lower()}" for k, v in overrides.items()] + (
+        [] if overrides["use_ctx_token"] else ["optim.align_steps=0"]) + [
         f"data.train=[{{path: '{pairs}', instruction: \"Instruct: {TASK}\\nQuery: \"}}]", "data.dev=null",
         f"optim.max_steps={args.steps}", f"optim.micro_batch_size={args.micro_batch}",
         f"ray.storage_path={work / 'runs'}", f"ray.name=ablation-{slug}", f"output_dir={work / slug}",
         f"ray.checkpoint_every_steps={args.steps}", f"ray.report_every_steps={max(1, args.steps // 4)}"]
-    config = load_config(ROOT / "jobs" / "configs" / "minilm-small.yaml", sets)
+    config = load_config(args.config, sets)
     started = time.perf_counter()
     result = run_training(config)
     summary = result.return_value
@@ -61,7 +64,7 @@ def score(args, model_dir: str) -> dict:
     return evaluate(model, task, batch_size=64)
 
 
-def plot(rows: dict, path: Path) -> None:
+def plot(rows: dict, model: str, path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.5))
     names = list(rows)
@@ -73,7 +76,7 @@ def plot(rows: dict, path: Path) -> None:
     ax.set_xlim(0, max(values) + 0.1)
     any_row = rows[names[0]]["test"]
     ax.set_xlabel(f"test nDCG@10 ({any_row['queries']} queries, {any_row['corpus_size']} docs), same training budget")
-    ax.set_title("Causal2Vec ablation on minilm-small")
+    ax.set_title(f"Causal2Vec ablation on {model}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -81,6 +84,7 @@ def plot(rows: dict, path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="the debian-pkgs folder (corpus/train/test)")
+    parser.add_argument("--config", type=Path, default=ROOT / "jobs" / "configs" / "smollm2.yaml")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--micro-batch", type=int, default=16, help="per worker; 2 workers")
     parser.add_argument("--test-queries", type=int, default=1000)
@@ -88,7 +92,7 @@ def main() -> int:
     parser.add_argument("--eval-dtype", default="bf16")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "ablation")
-    parser.add_argument("--output", type=Path, default=RESULTS / "ablation.json")
+    parser.add_argument("--output", type=Path, help="default: bench/results/ablation_<model>.json")
     args = parser.parse_args()
     args.data = args.data.resolve()
     work = args.work.resolve()
@@ -116,14 +120,19 @@ def main() -> int:
               flush=True)
     ray.shutdown()
 
-    report = {"command": command(), "hardware": hardware(), "model": "minilm-small",
+    from causal2vec.train.config import load_config
+
+    model = load_config(args.config, []).model.init
+    args.output = args.output or RESULTS / f"ablation_{model}.json"
+    report = {"command": command(), "hardware": hardware(), "model": model,
+              "config": str(args.config.relative_to(ROOT)) if args.config.is_relative_to(ROOT) else str(args.config),
               "budget": {"steps": args.steps, "global_batch": 2 * args.micro_batch, "workers": 2,
                          "pairs_file_rows": pq.read_metadata(pairs).num_rows},
               "eval": {"split": "test", "queries": args.test_queries, "corpus_size": args.corpus_size,
                        "dtype": args.eval_dtype},
               "variants": rows}
     args.output.write_text(json.dumps(report, indent=1))
-    plot(rows, args.output.with_suffix(".png"))
+    plot(rows, model, args.output.with_suffix(".png"))
     print(f"\n{'variant':38} nDCG@10  Recall@10")
     for name, row in rows.items():
         print(f"{name:38} {row['test']['ndcg_at_10']:.4f}   {row['test']['recall_at_10']:.4f}")

@@ -6,7 +6,8 @@ Same decoder architecture, same texts, same batches, for:
               (Springer et al., "Repetition improves language model embeddings")
   icl         [BOS] 3 few-shot (query, document) examples + text [EOS], EOS state   (bge-en-icl style)
   causal2vec  all-MiniLM-L6-v2 pass -> CTX; [BOS] [CTX] text [EOS]; [h_ctx ; h_eos]  (the library's own encode)
-Decoders are random-init Qwen2-architecture models at 0.5B and 1.5B sizes (weights do not change the cost).
+Decoders are random-init Qwen2-architecture models at 0.5B, 1.5B and 7B sizes (weights do not change the cost), and
+the real SmolLM2-135M-Instruct of the `smollm2` preset (`--sizes smollm2`).
 
 --kind picks what is embedded: `documents` (corpus texts, the default) or `queries` (search queries). bge-en-icl
 puts its few-shot examples on the query side only (documents are embedded bare, as in last-token), so `queries`
@@ -40,6 +41,7 @@ SIZES = {  # Qwen2 family shapes
     "7B": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
                num_key_value_heads=4),
 }
+REAL = "smollm2"  # the preset with a real pretrained LLM decoder
 ECHO = ("Rewrite the sentence: ", ", rewritten sentence: ")
 ICL_TASK = "Given a Debian package synopsis, retrieve its description"
 METHODS = ["last-token", "echo", "icl", "causal2vec"]
@@ -49,6 +51,12 @@ KINDS = {"documents": ("platform/causal2vec/samples/corpus.parquet", "text"),  #
 
 def build_model(size: str, dtype: torch.dtype, device: str):
     from transformers import AutoModel, AutoTokenizer, Qwen2Config
+
+    if size == REAL:
+        from causal2vec import Causal2Vec
+
+        return Causal2Vec.from_pretrained(REAL, device=device, dtype=dtype, max_encoder_length=512,
+                                          max_decoder_length=4096)
 
     from causal2vec.model.config import Causal2VecConfig
     from causal2vec.model.io import assemble
@@ -68,7 +76,7 @@ def baseline_rows(model, texts: list[str], method: str, examples: list[tuple[str
     """Token ids and the positions each baseline pools, per text."""
     tok = model.decoder_tokenizer
     enc = lambda s: tok(s, add_special_tokens=False, truncation=True, max_length=512)["input_ids"]  # noqa: E731
-    bos, eos = [tok.cls_token_id], [tok.sep_token_id]
+    bos, eos = [model.builder.bos_id], [model.builder.eos_id]
     icl_prefix = []
     for query, doc in examples:
         icl_prefix += enc(f"<instruct>{ICL_TASK}\n<query>{query}\n<response>{doc}\n")
@@ -172,7 +180,7 @@ def main() -> int:
     parser.add_argument("--examples", default="platform/causal2vec/samples/pairs.parquet",
                         help="parquet with `query`, `positive`: the ICL few-shot examples are drawn from it")
     parser.add_argument("--n", type=int, default=16, help="texts to time")
-    parser.add_argument("--sizes", nargs="+", default=["0.5B", "1.5B"], choices=list(SIZES))
+    parser.add_argument("--sizes", nargs="+", default=["0.5B", "1.5B"], choices=[*SIZES, REAL])
     parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=8)

@@ -221,19 +221,23 @@ def evaluate(model, task: RetrievalTask, *, instruction: str | None = None, batc
     if instruction is None:
         instruction = query_instruction(task.description)
     t0 = time.perf_counter()
-    doc_vecs = _normalise(model.encode(task.corpus, batch_size=batch_size, show_progress=show_progress))
+    doc_vecs = model.encode(task.corpus, batch_size=batch_size, show_progress=show_progress)
     t1 = time.perf_counter()
-    query_vecs = _normalise(model.encode(task.queries, instruction=instruction, batch_size=batch_size,
-                                         show_progress=show_progress))
+    query_vecs = model.encode(task.queries, instruction=instruction, batch_size=batch_size, show_progress=show_progress)
     t2 = time.perf_counter()
-    _, index = exact_top_k(query_vecs, doc_vecs, k)
-    ranked = [[task.corpus_ids[j] for j in row] for row in index]
-    metrics = ranking_metrics(ranked, task.query_ids, task.qrels, ks=sorted({1, 10, k}))
+    metrics = score_embeddings(task, query_vecs, doc_vecs, k)
     metrics |= {"corpus_size": len(task.corpus), "queries": len(task.queries),
                 "embed_corpus_s": round(t1 - t0, 3), "embed_queries_s": round(t2 - t1, 3),
                 "search_s": round(time.perf_counter() - t2, 3)}
     log.info("%s: nDCG@10 %.4f, Recall@10 %.4f", task.name, metrics["ndcg_at_10"], metrics["recall_at_10"])
     return metrics
+
+
+def score_embeddings(task: RetrievalTask, query_vecs: np.ndarray, doc_vecs: np.ndarray, k: int = 100) -> dict:
+    """Ranking metrics of exact top-k search with given embeddings (row i = task.queries[i] / task.corpus[i])."""
+    _, index = exact_top_k(_normalise(query_vecs), _normalise(doc_vecs), k)
+    ranked = [[task.corpus_ids[j] for j in row] for row in index]
+    return ranking_metrics(ranked, task.query_ids, task.qrels, ks=sorted({1, 10, k}))
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:

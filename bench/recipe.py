@@ -1,0 +1,222 @@
+"""Recipe experiments on the dev split: which training settings make a decoder-only LLM learn to embed.
+
+Each experiment is a named list of `--set` overrides on a base training config. Every experiment trains through the
+real job (Ray Train + DeepSpeed, 2 workers) on the same pairs in the same order, then is scored on dev queries
+against their documents plus distractors. The test split is never touched here (bench/train_quality.py reports it).
+
+    python bench/recipe.py --data ../shared/data/debian-pkgs --experiments baseline lora-all
+    python bench/recipe.py --data ../shared/data/debian-pkgs --custom my-try optim.temperature=0.02
+
+Finished experiments are kept in bench/work/recipe/done.json (keyed by name), so reruns only add what is missing;
+`--redo NAME` runs one again. Writes bench/results/recipe.json and a PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from common import RESULTS, command, hardware, pyplot
+from train_quality import ROOT, TASK, training_pairs
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+# name -> (what it tests, overrides on the base config)
+ANCHOR = "anchor: MiniLM alone (sentence-transformers)"
+QV = "model.lora.target_modules=null"  # peft's default: the attention's query and value projections
+ALL = "model.lora.target_modules=all-linear"
+EXPERIMENTS: dict[str, tuple[str, list[str]]] = {
+    # round 1: the minilm-small recipe (LoRA r16 on q/v at 5e-4, encoder+projector 5e-5, t=0.05) and one change each
+    "baseline": ("the minilm-small recipe as it was: LoRA r16 on the attention's q/v (peft's default), t=0.05",
+                 [QV, "optim.temperature=0.05"]),
+    "projector-lr": ("the fresh projector at 1e-3 instead of the pretrained encoder's 5e-5",
+                     [QV, "optim.temperature=0.05", "optim.lr_projector=1.0e-3"]),
+    "lora-all-linear": ("LoRA on every linear layer of the decoder (attention and MLP)",
+                        [ALL, "optim.temperature=0.05"]),
+    # round 2: on top of LoRA on all linear layers
+    "all-linear+temperature-0.02": ("temperature 0.02 instead of 0.05", [ALL, "optim.temperature=0.02"]),
+    "all-linear+align-30": ("projector alignment: 30 steps on the CTX state alone (projector at 2e-4), then 70 "
+                            "full steps", [ALL, "optim.temperature=0.05", "optim.align_steps=30",
+                                           "optim.lr_projector=2.0e-4"]),
+    # round 3: on top of LoRA on all linear layers and t=0.02 (the base config since round 2)
+    "t0.02+train-norms": ("the decoder's RMSNorm weights trained too", [ALL, "model.lora.train_norms=true"]),
+    "t0.02+lr-lora-1e-3": ("LoRA at 1e-3 instead of 5e-4", [ALL, "optim.lr_lora=1.0e-3"]),
+    "t0.02+eos-newline": ("close texts with a newline instead of SmolLM2's end-of-turn token <|im_end|>",
+                          [ALL, 'model.eos_token="\\n"']),
+    "t0.02+projector-lr-1e-5": ("the projector and encoder at 1e-5 instead of 5e-5",
+                                [ALL, "optim.lr_encoder=1.0e-5"]),
+    "t0.02+temperature-0.01": ("temperature 0.01", [ALL, "optim.temperature=0.01"]),
+}
+
+
+def train(args, name: str, sets: list[str], pairs: Path, work: Path) -> dict:
+    from causal2vec.train.config import load_config
+    from causal2vec.train.trainer import run_training
+
+    slug = "".join(c if c.isalnum() else "-" for c in name)
+    base = [f"data.train=[{{path: '{pairs}', instruction: \"Instruct: {TASK}\\nQuery: \"}}]", "data.dev=null",
+            f"optim.max_steps={args.steps}", f"optim.micro_batch_size={args.micro_batch}",
+            f"ray.storage_path={work / 'runs'}", f"ray.name=recipe-{slug}", f"output_dir={work / slug}",
+            f"ray.checkpoint_every_steps={args.steps}", f"ray.report_every_steps={max(1, args.steps // 10)}"]
+    config = load_config(args.config, base + sets)
+    started = time.perf_counter()
+    summary = run_training(config).return_value
+    history = summary["history"]
+    steady = [h for h in history[1:] if "samples_per_s" in h] or history
+    return {"sets": sets[len(args.common):], "train_s": round(time.perf_counter() - started, 1),
+            "samples_per_s": round(float(np.mean([h["samples_per_s"] for h in steady])), 3),
+            "peak_memory_gb": max(h.get("peak_memory_gb", 0) for h in history),
+            "loss": [(h["step"], round(h["loss"], 4)) for h in history if "loss" in h],
+            "export_dir": summary["export_dir"]}
+
+
+def run_anchor(args, pairs: Path, work: Path, budget: int) -> dict:
+    from anchor import load_anchor, train_anchor
+
+    print(f"== {ANCHOR}", flush=True)
+    row = train_anchor(pairs, work / "anchor", samples=budget, batch_size=2 * args.micro_batch)
+    row |= {"why": "the bar: the encoder fine-tuned without the decoder, same pairs", "steps": row["steps"],
+            "global_batch": row["batch_size"]}
+    row["dev"] = score(args, load_anchor(row["model_dir"]))
+    print(f"{ANCHOR}: dev nDCG@10 {row['dev']['ndcg_at_10']:.4f}", flush=True)
+    return row
+
+
+def dev_task(args):
+    from causal2vec.eval.retrieval import RetrievalTask
+
+    task = RetrievalTask.from_files(args.data / "corpus.parquet", args.data / "dev.parquet", name="debian-dev",
+                                    description=TASK, corpus_id="doc_id", limit_queries=args.dev_queries)
+    return task.with_corpus_limit(args.corpus_size)
+
+
+def score(args, model) -> dict:
+    """dev metrics of a model directory (loaded in --eval-dtype) or of a loaded model. For a concat model, also each
+    half on its own (`ctx`: h_ctx alone, `eos`: h_eos alone): which half carries the retrieval signal."""
+    from causal2vec import Causal2Vec
+    from causal2vec.eval.retrieval import evaluate, query_instruction, score_embeddings
+
+    task = dev_task(args)
+    if isinstance(model, str):
+        model = Causal2Vec.from_pretrained(model, dtype=args.eval_dtype)
+    if getattr(model, "config", None) is None or model.config.pooling != "concat":
+        return evaluate(model, task, batch_size=64)
+    docs = model.encode(task.corpus, batch_size=64, normalize=False)
+    queries = model.encode(task.queries, query_instruction(task.description), batch_size=64, normalize=False)
+    h = model.hidden_size
+    return score_embeddings(task, queries, docs) | {
+        "queries": len(task.queries), "corpus_size": len(task.corpus),
+        "halves_ndcg_at_10": {"ctx": score_embeddings(task, queries[:, :h], docs[:, :h])["ndcg_at_10"],
+                              "eos": score_embeddings(task, queries[:, h:], docs[:, h:])["ndcg_at_10"]}}
+
+
+def plot(rows: dict, path: Path) -> None:
+    plt = pyplot()
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(13, 0.5 * len(rows) + 3))
+    names = list(rows)
+    values = [rows[n]["dev"]["ndcg_at_10"] for n in names]
+    bars.barh(names, values, color="tab:blue")
+    for y, v in enumerate(values):
+        bars.text(v + 0.005, y, f"{v:.3f}", va="center")
+    bars.invert_yaxis()
+    bars.set_xlim(0, max(values) + 0.12)
+    any_dev = rows[names[0]]["dev"]
+    bars.set_xlabel(f"dev nDCG@10 ({any_dev['queries']} queries, {any_dev['corpus_size']} docs)")
+    for name in names:
+        if "loss" in rows[name]:
+            steps, losses = zip(*rows[name]["loss"])
+            curves.plot(steps, losses, label=name)
+    curves.set_xlabel("optimizer step")
+    curves.set_ylabel("train loss (InfoNCE)")
+    curves.legend(fontsize=7)
+    fig.suptitle("Training-recipe experiments on the dev split (same pairs, same budget)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="the debian-pkgs folder (corpus/train/dev)")
+    parser.add_argument("--config", type=Path, default=ROOT / "jobs" / "configs" / "smollm2.yaml")
+    parser.add_argument("--experiments", nargs="*", default=[], choices=list(EXPERIMENTS))
+    parser.add_argument("--custom", nargs="+", action="append", default=[], metavar="NAME KEY=VALUE",
+                        help="an ad-hoc experiment: its name, then its overrides")
+    parser.add_argument("--redo", nargs="*", default=[], help="run these again even if done")
+    parser.add_argument("--common", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides for every experiment that change cost, not results (e.g. "
+                             "model.gradient_checkpointing=true when memory is short)")
+    parser.add_argument("--anchor", action="store_true",
+                        help="also fine-tune all-MiniLM-L6-v2 alone on the same pairs (bench/anchor.py)")
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--micro-batch", type=int, default=16, help="per worker; 2 workers")
+    parser.add_argument("--dev-queries", type=int, default=500)
+    parser.add_argument("--corpus-size", type=int, default=5000, help="judged documents + distractors")
+    parser.add_argument("--eval-dtype", default="bf16")
+    parser.add_argument("--keep-models", action="store_true", help="keep each experiment's exported model")
+    parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "recipe")
+    parser.add_argument("--output", type=Path, default=RESULTS / "recipe.json")
+    args = parser.parse_args()
+    args.data = args.data.resolve()
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    todo = {name: EXPERIMENTS[name] for name in args.experiments}
+    todo |= {name: ("ad hoc", sets) for name, *sets in args.custom}
+
+    all_pairs = pq.read_table(training_pairs(args.data, "train", work.parent / "train_quality" / "train_pairs.parquet"))
+    budget = args.steps * 2 * args.micro_batch  # exactly one pass: every experiment sees the same pairs once
+    pairs = work / f"pairs_{budget}.parquet"
+    pq.write_table(all_pairs.take(np.random.default_rng(0).permutation(all_pairs.num_rows)[:budget]), pairs)
+
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False)  # more logical CPUs than cores (PLATFORM notes)
+    done_file = work / "done.json"
+    rows = json.loads(done_file.read_text()) if done_file.exists() else {}
+    for name, (why, sets) in todo.items():
+        if name in rows and name not in args.redo:
+            print(f"{name}: done earlier, dev nDCG@10 {rows[name]['dev']['ndcg_at_10']:.4f}", flush=True)
+            continue
+        print(f"== {name}: {why}\n   {' '.join(sets)}", flush=True)
+        try:
+            row = {"why": why, "steps": args.steps, "global_batch": 2 * args.micro_batch, "common": args.common,
+                   **train(args, name, args.common + sets, pairs, work)}
+        except Exception as exc:  # one failed experiment (e.g. out of memory) must not end the queue
+            print(f"{name}: FAILED: {type(exc).__name__}: {str(exc).splitlines()[0]}", flush=True)
+            continue
+        row["dev"] = score(args, row["export_dir"])
+        if not args.keep_models:
+            shutil.rmtree(row.pop("export_dir"), ignore_errors=True)
+        rows[name] = row
+        done_file.write_text(json.dumps(rows, indent=1))
+        print(f"{name}: dev nDCG@10 {row['dev']['ndcg_at_10']:.4f}  Recall@10 {row['dev']['recall_at_10']:.4f}  "
+              f"final loss {row['loss'][-1][1]:.3f}  {row['samples_per_s']:.2f} samples/s  "
+              f"peak {row['peak_memory_gb']:.1f} GB/worker", flush=True)
+    ray.shutdown()
+    if args.anchor and (ANCHOR not in rows or ANCHOR in args.redo):
+        rows[ANCHOR] = run_anchor(args, pairs, work, budget)
+        done_file.write_text(json.dumps(rows, indent=1))
+
+    report = {"command": command(), "hardware": hardware(), "base_config": str(args.config.relative_to(ROOT)),
+              "eval": {"split": "dev", "queries": args.dev_queries, "corpus_size": args.corpus_size,
+                       "dtype": args.eval_dtype}, "experiments": rows}
+    args.output.write_text(json.dumps(report, indent=1))
+    plot(rows, args.output.with_suffix(".png"))
+    print(f"\n{'experiment':34} dev nDCG@10  loss   samples/s  GB/worker")
+    for name, row in rows.items():
+        loss = row["loss"][-1][1] if "loss" in row else float("nan")
+        print(f"{name:34} {row['dev']['ndcg_at_10']:.4f}      {loss:.3f}  {row['samples_per_s']:6.2f}  "
+              f"{row.get('peak_memory_gb', float('nan')):6.1f}")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
