@@ -39,7 +39,7 @@ def train_variant(args, name: str, overrides: dict, pairs: Path, work: Path) -> 
     from causal2vec.train.trainer import run_training
 
     slug = "".join(c if c.isalnum() else "-" for c in name.split(" (")[0] + "-" + str(overrides["use_ctx_token"]))
-    sets = [f"model.{k}={str(v).lower()}" for k, v in overrides.items()] + (
+    sets = args.set + [f"model.{k}={str(v).lower()}" for k, v in overrides.items()] + (
         [] if overrides["use_ctx_token"] else ["optim.align_steps=0"]) + [
         f"data.train=[{{path: '{pairs}', instruction: \"Instruct: {TASK}\\nQuery: \"}}]", "data.dev=null",
         f"optim.max_steps={args.steps}", f"optim.micro_batch_size={args.micro_batch}",
@@ -91,11 +91,16 @@ def main() -> int:
     parser.add_argument("--corpus-size", type=int, default=5000, help="judged documents + distractors")
     parser.add_argument("--eval-dtype", default="bf16")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "ablation")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="overrides for every variant, e.g. model.gradient_checkpointing=true")
+    parser.add_argument("--work", type=Path, help="default: bench/work/ablation_<model>")
     parser.add_argument("--output", type=Path, help="default: bench/results/ablation_<model>.json")
     args = parser.parse_args()
     args.data = args.data.resolve()
-    work = args.work.resolve()
+    from causal2vec.train.config import load_config
+
+    model = load_config(args.config, args.set).model.init
+    work = (args.work or ROOT / "bench" / "work" / f"ablation_{model}").resolve()
     work.mkdir(parents=True, exist_ok=True)
     all_pairs = pq.read_table(training_pairs(args.data, "train", work.parent / "train_quality" / "train_pairs.parquet"))
     budget = args.steps * 2 * args.micro_batch  # exactly one pass: every variant sees the same pairs once
@@ -120,14 +125,11 @@ def main() -> int:
               flush=True)
     ray.shutdown()
 
-    from causal2vec.train.config import load_config
-
-    model = load_config(args.config, []).model.init
     args.output = args.output or RESULTS / f"ablation_{model}.json"
     report = {"command": command(), "hardware": hardware(), "model": model,
               "config": str(args.config.relative_to(ROOT)) if args.config.is_relative_to(ROOT) else str(args.config),
               "budget": {"steps": args.steps, "global_batch": 2 * args.micro_batch, "workers": 2,
-                         "pairs_file_rows": pq.read_metadata(pairs).num_rows},
+                         "pairs_file_rows": pq.read_metadata(pairs).num_rows, "overrides": args.set},
               "eval": {"split": "test", "queries": args.test_queries, "corpus_size": args.corpus_size,
                        "dtype": args.eval_dtype},
               "variants": rows}
