@@ -2,8 +2,9 @@
 
 Causal2Vec puts a decoder LLM after this very encoder; the decoder earns its cost only if the combined model beats
 the encoder trained alone on the same data. MultipleNegativesRankingLoss (in-batch negatives InfoNCE) with the same
-global batch, temperature (scale = 1 / temperature) and number of pairs as the Causal2Vec run, scored by the same
-evaluator (`Anchor.encode` has Causal2Vec's signature; MiniLM takes no instruction).
+global batch, max length and number of pairs as the Causal2Vec run, scored by the same evaluator (`Anchor.encode`
+has Causal2Vec's signature; MiniLM takes no instruction). Its temperature stays at sentence-transformers' default
+(scale 20 = t 0.05), MiniLM's own best-known setting: the anchor is not handicapped with the LLM's t=0.02.
 """
 
 from __future__ import annotations

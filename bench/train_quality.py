@@ -101,7 +101,7 @@ def score(args, model) -> dict:
 
 
 def anchor(args, work: Path, pairs: Path, report: dict) -> dict:
-    """MiniLM fine-tuned alone on as many pairs as the Causal2Vec run saw, same batch and temperature."""
+    """MiniLM fine-tuned alone on as many pairs as the Causal2Vec run saw, same batch and max length."""
     from anchor import load_anchor, train_anchor
 
     from causal2vec.train.config import load_config
@@ -114,7 +114,7 @@ def anchor(args, work: Path, pairs: Path, report: dict) -> dict:
         o = config.optim
         row = train_anchor(pairs, work / "anchor", samples=report["final"]["samples"],
                            batch_size=o.micro_batch_size * config.ray.num_workers * o.grad_accumulation,
-                           temperature=o.temperature, max_length=config.model.max_encoder_length or 128)
+                           max_length=config.model.max_encoder_length or 128)
         saved.write_text(json.dumps(row, indent=1))
     row["test"] = score(args, load_anchor(row["model_dir"]))
     return row
