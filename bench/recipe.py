@@ -85,7 +85,7 @@ def run_anchor(args, pairs: Path, work: Path, budget: int) -> dict:
     row = train_anchor(pairs, work / "anchor", samples=budget, batch_size=2 * args.micro_batch)
     row |= {"why": "the bar: the encoder fine-tuned without the decoder, same pairs", "steps": row["steps"],
             "global_batch": row["batch_size"]}
-    row["dev"] = score(args, load_anchor(row["model_dir"]))
+    row["dev"] = score(args, load_anchor(row["model_dir"], args.eval_dtype))
     print(f"{ANCHOR}: dev nDCG@10 {row['dev']['ndcg_at_10']:.4f}", flush=True)
     return row
 

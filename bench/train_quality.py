@@ -84,8 +84,9 @@ def train(args, work: Path, pairs: Path) -> dict:
 def test_task(args):
     from causal2vec.eval.retrieval import RetrievalTask
 
-    return RetrievalTask.from_files(args.data / "corpus.parquet", args.data / "test.parquet", name="debian-test",
+    task = RetrievalTask.from_files(args.data / "corpus.parquet", args.data / "test.parquet", name="debian-test",
                                     description=TASK, corpus_id="doc_id", limit_queries=args.limit_queries)
+    return task.with_corpus_limit(args.corpus_size) if args.corpus_size else task
 
 
 def score(args, model) -> dict:
@@ -116,7 +117,7 @@ def anchor(args, work: Path, pairs: Path, report: dict) -> dict:
                            batch_size=o.micro_batch_size * config.ray.num_workers * o.grad_accumulation,
                            max_length=config.model.max_encoder_length or 128)
         saved.write_text(json.dumps(row, indent=1))
-    row["test"] = score(args, load_anchor(row["model_dir"]))
+    row["test"] = score(args, load_anchor(row["model_dir"], args.eval_dtype))
     return row
 
 
@@ -159,6 +160,8 @@ def main() -> int:
     parser.add_argument("--skip-anchor", action="store_true", help="no same-run sentence-transformers anchor")
     parser.add_argument("--eval-dtype", default="bf16", help="dtype for embedding the test corpus (fp32, bf16)")
     parser.add_argument("--limit-queries", type=int, default=None)
+    parser.add_argument("--corpus-size", type=int, default=None,
+                        help="judged documents + distractors instead of the whole corpus (a partial, cheaper score)")
     parser.add_argument("--note", help="anything a reader of the results should know about this run")
     parser.add_argument("--output", type=Path, help="default: bench/results/train_quality_<model>.json")
     args = parser.parse_args()
