@@ -121,7 +121,7 @@ def anchor(args, work: Path, pairs: Path, report: dict) -> dict:
     return row
 
 
-def plot(history: list[dict], test: dict, anchor_test: dict | None, label: str, path: Path) -> None:
+def plot(history: list[dict], test: dict, anchor_test: dict | None, baselines: dict, label: str, path: Path) -> None:
     plt = pyplot()
     fig, (curve, bars) = plt.subplots(1, 2, figsize=(13, 4.8))
     steps = [h["step"] for h in history if "loss" in h]
@@ -136,7 +136,7 @@ def plot(history: list[dict], test: dict, anchor_test: dict | None, label: str, 
         right.set_ylabel("dev nDCG@10")
     curve.legend(handles=lines, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
     curve.set_title(f"{label} training on Debian pairs")
-    named = dict((name, b["ndcg_at_10"]) for name, b in BASELINES.items())
+    named = dict((name, b["ndcg_at_10"]) for name, b in baselines.items())
     if anchor_test:
         named["anchor: MiniLM alone, same pairs (this run)"] = anchor_test["ndcg_at_10"]
     named[f"Causal2Vec {label} (this run)"] = test["ndcg_at_10"]
@@ -177,6 +177,7 @@ def main() -> int:
     history = report["history"]
     final = report["final"]
     steady = [h for h in history[1:] if "samples_per_s" in h] or history
+    baselines = {} if args.corpus_size else BASELINES  # whole-corpus figures: not comparable with a partial score
     result = {
         "command": command(),
         "hardware": hardware(),
@@ -191,22 +192,22 @@ def main() -> int:
         "eval_dtype": args.eval_dtype,
         "test": test,
         "anchor": anchor_row,
-        "baselines_test": BASELINES,
-        "beats": {name: test["ndcg_at_10"] > b["ndcg_at_10"] for name, b in BASELINES.items()}
+        "baselines_test": baselines,
+        "beats": {name: test["ndcg_at_10"] > b["ndcg_at_10"] for name, b in baselines.items()}
         | ({"anchor (this run)": test["ndcg_at_10"] > anchor_row["test"]["ndcg_at_10"]} if anchor_row else {}),
         "history": history,
         **({"note": args.note} if args.note else {}),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1, default=str))
-    plot(history, test, anchor_row and anchor_row["test"], label, args.output.with_suffix(".png"))
+    plot(history, test, anchor_row and anchor_row["test"], baselines, label, args.output.with_suffix(".png"))
     print(f"\ntest nDCG@10 {test['ndcg_at_10']:.4f}  Recall@10 {test['recall_at_10']:.4f}  "
           f"Recall@100 {test['recall_at_100']:.4f}  MRR@10 {test['mrr_at_10']:.4f}")
     if anchor_row:
         a = anchor_row["test"]
         print(f"  vs anchor (MiniLM alone, {anchor_row['pairs']} pairs): nDCG@10 {a['ndcg_at_10']:.4f}  "
               f"Recall@10 {a['recall_at_10']:.4f}")
-    for name, b in BASELINES.items():
+    for name, b in baselines.items():
         print(f"  vs {name}: nDCG@10 {b['ndcg_at_10']:.4f}  Recall@10 {b['recall_at_10']:.4f}")
     print(f"wrote {args.output} and {args.output.with_suffix('.png')}")
     return 0
