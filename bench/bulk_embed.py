@@ -76,8 +76,9 @@ def run_plain(model, texts: list[str], batch_size: int, bucketed: bool) -> tuple
 
 def run_pipeline(model_name: str, dtype: str, corpus_path: Path, work: Path, variant: str, batch_size: int,
                  block_rows: int, cores: int, overrides: dict[str, str]) -> tuple[dict, dict[str, np.ndarray]]:
-    from causal2vec.embed import lancedb_store as store
-    from causal2vec.embed.pipeline import embed_corpus, load_config
+    from causal2vec import store
+    from causal2vec.embed.config import load_config
+    from causal2vec.embed.job import embed_corpus
 
     settings = {"model": model_name, "input": [str(corpus_path)], "table": f"{work / 'lancedb'}::{variant}",
                 "overwrite": True, "index": "none", "dtype": dtype, "batch_size": block_rows,

@@ -1,7 +1,7 @@
 """Search modes on the Debian data: dense (vector) vs BM25 (fts) vs hybrid (reciprocal-rank fusion of both).
 
 Builds the table the way a user would (the bulk pipeline `embed_corpus`, with its ANN and full-text indexes), then
-asks every query through `lancedb_store.search`, the function behind `/v1/search` and `causal2vec search`, in each
+asks every query through `store.search`, the function behind `/v1/search` and `causal2vec search`, in each
 mode, and scores the top 10 with the local evaluator's `ranking_metrics`. Queries get the training instruction;
 documents none. Also counts the queries each mode finds (positive in the top 10) that the other misses: hybrid can
 only beat both when dense and BM25 miss different queries.
@@ -32,7 +32,8 @@ TASK = "Given a Debian package synopsis, retrieve its description"  # as bench/t
 
 
 def build_table(task, model: str, dtype: str, work: Path) -> str:
-    from causal2vec.embed.pipeline import embed_corpus, load_config
+    from causal2vec.embed.config import load_config
+    from causal2vec.embed.job import embed_corpus
 
     corpus = work / "corpus.parquet"
     pq.write_table(pa.table({"id": task.corpus_ids, "text": task.corpus}), corpus)
@@ -44,7 +45,7 @@ def build_table(task, model: str, dtype: str, work: Path) -> str:
 
 def run(args: argparse.Namespace, work: Path) -> dict:
     from causal2vec import Causal2Vec
-    from causal2vec.embed import lancedb_store as store
+    from causal2vec import store
     from causal2vec.eval.retrieval import RetrievalTask, query_instruction, ranking_metrics
 
     task = RetrievalTask.from_files(args.data / "corpus.parquet", args.data / f"{args.split}.parquet",

@@ -59,8 +59,9 @@ def build_model(size: str, dtype: torch.dtype, device: str):
                                           max_decoder_length=4096)
 
     from causal2vec.model.config import Causal2VecConfig
-    from causal2vec.model.io import assemble
-    from causal2vec.model.presets import minilm_path, seeded
+    from causal2vec.model import assemble
+    from causal2vec.model.build import seeded
+    from causal2vec.model.presets import minilm_path
 
     tok = AutoTokenizer.from_pretrained(minilm_path())
     encoder = AutoModel.from_pretrained(minilm_path())

@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import sys
 import threading
 import time
@@ -42,12 +41,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).parents[1]
 STAGES = ("API", "ContextEncoder", "Decoder")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def app_args(model: str, base: Path, args: argparse.Namespace) -> dict:
@@ -292,6 +285,8 @@ def main() -> int:
     texts = pq.read_table(args.texts, columns=["text"])["text"].to_pylist()
     np.random.default_rng(0).shuffle(texts)
     ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    from causal2vec.tools.processes import free_port
+
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:

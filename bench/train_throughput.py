@@ -56,13 +56,12 @@ def plain_run(args, threads: int) -> dict:
     from causal2vec.train.data import TokenizePairs, collate
     from causal2vec.train.loop import build_model, cpu_autocast, embed_passes, lr_lambda, parameter_groups
     from causal2vec.train.loss import info_nce
-    from causal2vec.train.trainer import model_spec
 
     torch.set_num_threads(threads)
     config = config_for(args, "plain", 1, threads)
     torch.manual_seed(config.data.seed)
     model = build_model(config)
-    rows = TokenizePairs(model_spec(config), 0, None)(pq.read_table(args.pairs))
+    rows = TokenizePairs(config.model.source(), 0, None)(pq.read_table(args.pairs))
     optimizer = torch.optim.AdamW(parameter_groups(model, config), weight_decay=config.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, args.steps))
     mb, history, t0, samples = args.micro_batch, [], time.perf_counter(), 0

@@ -1,8 +1,5 @@
-"""Evaluate a model: `python jobs/eval.py --model DIR --corpus c.parquet --queries q.parquet` (or via ray job submit).
-
-A thin entry point over `causal2vec eval`; see `causal2vec eval --help` for every flag.
-"""
-
+"""`python jobs/eval.py --model DIR --corpus c.parquet --queries q.parquet` (or via `ray job submit`). The same as
+`causal2vec eval`; see `causal2vec eval --help`."""
 import sys
 
 from causal2vec.cli import main

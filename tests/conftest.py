@@ -47,9 +47,10 @@ def tiny_with_decoder(arch: str, **config_overrides):
     """The tiny encoder + a random-init decoder of another real architecture (same tiny sizes)."""
     from transformers import AutoModel, BertConfig, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
 
+    from causal2vec.model.build import seeded
+    from causal2vec.model.causal2vec import assemble
     from causal2vec.model.config import Causal2VecConfig
-    from causal2vec.model.io import assemble
-    from causal2vec.model.presets import seeded, tiny_tokenizers
+    from causal2vec.model.presets import tiny_tokenizers
 
     enc_tok, dec_tok = tiny_tokenizers()
     common = dict(vocab_size=len(dec_tok), bos_token_id=dec_tok.bos_token_id, eos_token_id=dec_tok.eos_token_id,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from causal2vec import Causal2Vec
-from causal2vec.embed import lancedb_store as store
+from causal2vec import store
 
 ROOT = Path(__file__).parents[1]
 DOCS = 300

@@ -175,7 +175,7 @@ def test_training_rayjob_runs_a_valid_gpu_config(tmp_path):
 
 
 def test_embedding_rayjob_runs_a_valid_config(tmp_path):
-    from causal2vec.embed.pipeline import load_config
+    from causal2vec.embed.config import load_config
 
     (doc,) = [d for d in _by_kind("RayJob") if "embed_corpus.py" in d["spec"]["entrypoint"]]
     _, args = _entrypoint(doc)

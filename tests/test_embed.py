@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from causal2vec import Causal2VecError
-from causal2vec.embed import lancedb_store as store
-from causal2vec.embed.pipeline import embed_corpus, load_config
+from causal2vec import Causal2VecError, store
+from causal2vec.embed.config import load_config
+from causal2vec.embed.job import embed_corpus
 
 ROOT = Path(__file__).parents[1]
 SMALL_ACTORS = {"tokenize.num_cpus": 0.5, "encoder.num_cpus": 0.5, "decoder.num_cpus": 1}  # fit the 4 test CPUs
@@ -120,11 +120,11 @@ def test_each_document_finds_itself_through_the_ann_index(corpus, tiny):
 
 
 def test_a_different_model_is_refused(corpus, tiny):
-    from causal2vec.model import presets
+    from causal2vec import Causal2Vec
     from conftest import tiny_with_decoder
 
     table = store.open_table(corpus["spec"])
-    other_config = presets.build("tiny", pooling="last")
+    other_config = Causal2Vec.from_pretrained("tiny", pooling="last")
     with pytest.raises(Causal2VecError, match=r"model 'preset:tiny' does not match .* with model 'tiny'.*dim"):
         store.search(table, other_config, "query")
     other_weights = tiny_with_decoder("llama", max_encoder_length=256, max_decoder_length=256)  # same config

@@ -50,6 +50,7 @@ def test_mteb_wrapper_puts_the_instruction_on_the_query_decoder_only(tiny):
     from torch.utils.data import DataLoader
 
     from causal2vec.eval.mteb_model import Causal2VecMTEB, local_retrieval_task
+    from causal2vec.model.tokenization import Batch
 
     task = local_retrieval_task(RetrievalTask("T", ["q"], ["vim"], ["d"], ["vim editor"], {"q": {"d": 1}},
                                               description=DESCRIPTION))
@@ -62,10 +63,18 @@ def test_mteb_wrapper_puts_the_instruction_on_the_query_decoder_only(tiny):
     real_builder = tiny.builder
 
     class Recording:
-        def __call__(self, texts, instruction=None):
-            batch = real_builder(texts, instruction)
-            seen.append(batch)
-            return batch
+        """The model's builder, keeping each encode call's encoder and decoder batches (one pass each here)."""
+
+        def __getattr__(self, name):
+            return getattr(real_builder, name)
+
+        def encoder_batch(self, token_ids):
+            seen.append(Batch(real_builder.encoder_batch(token_ids), None))
+            return seen[-1].encoder
+
+        def decoder_batch(self, token_ids, instruction=None, **kwargs):
+            seen[-1].decoder = real_builder.decoder_batch(token_ids, instruction, **kwargs)
+            return seen[-1].decoder
 
     texts = ["text editor for programmers", "package manager"]
     loader = DataLoader([{"text": t} for t in texts], batch_size=2)

@@ -20,10 +20,11 @@ TEXTS = ["vim editor", "Vim is a highly configurable text editor built to make c
 @pytest.fixture(scope="module")
 def tiny_sources(tmp_path_factory):
     """The tiny preset's encoder and decoder as HF directories, and the same decoder as a GGUF file."""
-    from causal2vec.model.presets import _tiny_parts, tiny_tokenizers
+    from causal2vec.model.presets import PRESETS, tiny_tokenizers
 
     root = tmp_path_factory.mktemp("gguf-sources")
-    encoder, decoder = _tiny_parts()
+    tiny = PRESETS["tiny"]
+    encoder, decoder = tiny.encoder(), tiny.decoder(tiny.decoder_config())
     enc_tok, dec_tok = tiny_tokenizers()
     encoder.save_pretrained(root / "encoder")
     enc_tok.save_pretrained(root / "encoder")

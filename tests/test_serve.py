@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import socket
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 import yaml
 
 from causal2vec import Causal2VecError
+from causal2vec.tools.processes import free_port
 
 ROOT = Path(__file__).parents[1]
 APP, SECURE = "c2v-test", "c2v-secure"
@@ -25,12 +25,6 @@ KEYS_FILE_KEY, ENV_KEY = "file-key-123", "env-key-456"
 TEXTS = ["a text editor for the terminal", "network monitoring daemon with a web interface",
          "library for parsing XML documents", "x", "fast compression tool " * 12, "a game of tetris"]
 STAGE = {"ray_actor_options": {"num_cpus": 0.1}, "num_replicas": 1}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +39,7 @@ def serve_url(ray_session, lancedb_dir):
 
     from causal2vec.serve.app import build_app
 
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"model": "tiny", "lancedb_uri": str(lancedb_dir), "max_body_bytes": 256 * 1024,
             "encoder": {**STAGE, "max_batch_size": 16, "batch_wait_timeout_s": 0.02},
@@ -113,7 +107,7 @@ def test_openai_client_gets_the_models_vectors_in_float_and_base64(serve_url, ti
     out = client.embeddings.create(model="tiny", input=TEXTS[:2], extra_body={"instruction": instruction})
     np.testing.assert_allclose([d.embedding for d in out.data], tiny.encode(TEXTS[:2], instruction=instruction),
                                atol=1e-5)
-    from causal2vec.serve.app import QUERY_INSTRUCTION
+    from causal2vec.config import QUERY_INSTRUCTION
 
     out = client.embeddings.create(model="tiny", input=TEXTS[:2], extra_body={"task": "query"})
     np.testing.assert_allclose([d.embedding for d in out.data],
@@ -305,7 +299,8 @@ def corpus_table(ray_session, lancedb_dir, tmp_path_factory):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from causal2vec.embed.pipeline import embed_corpus, load_config
+    from causal2vec.embed.config import load_config
+    from causal2vec.embed.job import embed_corpus
     from causal2vec.samples import CORPUS
 
     rows = pq.read_table(CORPUS).slice(0, 40).to_pylist()
@@ -335,7 +330,7 @@ def test_search_finds_a_document_by_its_own_text(serve_url, corpus_table):
 
 
 def test_search_refuses_unknown_and_mismatched_tables(serve_url, corpus_table, lancedb_dir, tiny):
-    from causal2vec.embed import lancedb_store
+    from causal2vec import store
 
     name, _ = corpus_table
     url = f"{serve_url}/v1/search"
@@ -347,9 +342,9 @@ def test_search_refuses_unknown_and_mismatched_tables(serve_url, corpus_table, l
     assert _post(url, {"query": "x", "table": name, "filter": "no_such_column > 3"}).status_code == 422
 
     # a table written by another model (same dim, different weights): refused, not silently searched
-    identity = lancedb_store.model_identity(tiny, "tiny")
+    identity = store.model_identity(tiny, "tiny")
     other = {**identity, "model": "other", "probe": list(-np.asarray(identity["probe"]))}
-    lancedb_store.connect(str(lancedb_dir)).create_table("foreign", schema=lancedb_store.table_schema(other))
+    store.connect(str(lancedb_dir)).create_table("foreign", schema=store.table_schema(other))
     mismatch = _post(url, {"query": "x", "table": "foreign"})
     assert mismatch.status_code == 409 and _error(mismatch)["code"] == "model_mismatch"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 
 from causal2vec import Causal2Vec, Causal2VecError
+from causal2vec.tools.processes import free_port
 from causal2vec.train.config import load_config
 
 ROOT = Path(__file__).parents[1]
@@ -101,12 +101,11 @@ def test_bad_configs_and_data_are_named(ray_session, tmp_path):
     import pyarrow.parquet as pq
 
     from causal2vec.train.data import prepare_source
-    from causal2vec.train.trainer import model_spec
 
     rows = {"query": ["q1", "", None, "q4", "q5"], "positive": ["p1", "p2", "p3", "  ", "p5"],
             "negatives": [["n1"], ["n2"], ["n3"], ["n4"], []]}
     pq.write_table(pa.table(rows), tmp_path / "pairs.parquet")
-    spec = model_spec(_config(tmp_path, "x"))
+    spec = _config(tmp_path, "x").model.source()
     prepared = prepare_source(str(tmp_path / "pairs.parquet"), "p", spec, num_negatives=0, default_instruction=None)
     assert (prepared.rows, prepared.dropped) == (2, 3)  # empty query, null query, blank positive
     prepared = prepare_source(str(tmp_path / "pairs.parquet"), "p", spec, num_negatives=1, default_instruction=None)
@@ -121,25 +120,19 @@ def test_bad_configs_and_data_are_named(ray_session, tmp_path):
         prepare_source(str(tmp_path / "bad.parquet"), "b", spec, num_negatives=0, default_instruction=None)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ray_job_submit_against_a_local_head_node(tmp_path):
     """The documented command, against `ray start --head` (its own cluster, separate from the test session's)."""
     bin_dir = Path(sys.executable).parent
     ray_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's Unix socket paths are length-capped
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}  # as with the virtualenv activated
-    dashboard = _free_port()
-    start = [str(bin_dir / "ray"), "start", "--head", "--num-cpus=4", f"--port={_free_port()}",
+    dashboard = free_port()
+    start = [str(bin_dir / "ray"), "start", "--head", "--num-cpus=4", f"--port={free_port()}",
              f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
              # every agent on its own free port: the defaults clash with the test session's Ray on this machine
-             f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-             f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}",
-             f"--ray-client-server-port={_free_port()}",
+             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+             f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+             f"--ray-client-server-port={free_port()}",
              "--disable-usage-stats", f"--temp-dir={ray_dir}"]
     agents_before = _dashboard_agents()
     subprocess.run(start, check=True, env=env, capture_output=True, timeout=120)

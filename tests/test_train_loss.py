@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from causal2vec.tools.processes import free_port
 from causal2vec.train.loss import info_nce
 
 B, H = 3, 2  # per-worker batch, hard negatives per query
@@ -55,17 +55,11 @@ def _worker(rank: int, port: int, out: dict) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_workers_equal_one_worker_with_the_global_batch():
     single_loss, single_grads = _loss_and_grads(_model(), range(2 * B), gather=False)
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
+        mp.spawn(_worker, args=(free_port(), out), nprocs=2, join=True)
         dist_loss, dist_grads = out["loss"], dict(out["grads"])
     assert dist_loss == pytest.approx(float(single_loss), rel=1e-5)
     assert set(dist_grads) == set(single_grads)

@@ -1,8 +1,7 @@
 """Causal2Vec: decoder-only LLM embeddings with one Contextual token (Lin et al., arXiv 2507.23386)."""
 
 from causal2vec.errors import Causal2VecError
-
-__version__ = "0.1.0"
+from causal2vec.version import __version__
 
 __all__ = ["Causal2Vec", "Causal2VecConfig", "Causal2VecError", "__version__"]
 

@@ -1,4 +1,11 @@
-"""The `causal2vec` command. Each subcommand is a thin shell over library calls; errors a user can fix exit 2."""
+"""The `causal2vec` command: one verb per front door, each a thin shell over library calls.
+
+    embed, eval, mine-negatives, search   in-process, on one machine
+    train, embed-corpus, serve            on the Ray cluster of RAY_ADDRESS, or on a local one they start
+    bench                                 the benchmarks of a source checkout (bench/*.py)
+
+Exit status: 0 done, 2 a usage or input error (a bad flag, file, row or setting, named in the message), 1 a failure.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,9 @@ import logging
 import sys
 from pathlib import Path
 
-from causal2vec.errors import Causal2VecError
+from causal2vec.config import SEARCH_MODES
+from causal2vec.errors import USAGE_ERROR, Causal2VecError
+from causal2vec.ray_init import job_environment
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -18,20 +27,26 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32)
 
 
+def _load(model: str, args: argparse.Namespace):
+    from causal2vec.model.causal2vec import load_model
+
+    return load_model(model, device=args.device, dtype=args.dtype)
+
+
 def _cmd_embed(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from causal2vec.model import Causal2Vec
+    from causal2vec import readers
 
     texts = list(args.texts)
     if args.input:
-        path = Path(args.input)
-        if not path.is_file():
-            raise Causal2VecError(f"--input {args.input!r}: no such file")
-        texts += [line.rstrip("\n") for line in path.read_text().splitlines()]
+        table = readers.read_table(args.input, readers.format_of(args.input) or "text", what="--input")
+        if "text" not in table.column_names:
+            raise Causal2VecError(f"--input {args.input!r}: no `text` column (columns: {', '.join(table.column_names)})")
+        texts += table["text"].to_pylist()
     if not texts:
         raise Causal2VecError("nothing to embed: pass texts as arguments or --input FILE (one text per line)")
-    model = Causal2Vec.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    model = _load(args.model, args)
     vectors = model.encode(texts, instruction=args.instruction, batch_size=args.batch_size,
                            show_progress=len(texts) > 10 * args.batch_size)
     if args.output and args.output.endswith(".npy"):
@@ -49,7 +64,6 @@ def _cmd_embed(args: argparse.Namespace) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from causal2vec.eval.retrieval import RetrievalTask, evaluate
-    from causal2vec.model import Causal2Vec
 
     local = None
     if args.pairs:
@@ -62,12 +76,15 @@ def _cmd_eval(args: argparse.Namespace) -> None:
                                          description=args.description, limit_queries=args.limit_queries)
     if local is None and not args.tasks:
         raise Causal2VecError("nothing to evaluate: pass --corpus/--queries[/--qrels], --pairs, or --tasks NAME ...")
-    model = Causal2Vec.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    model = _load(args.model, args)
     results: dict[str, dict] = {}
     if local is not None and args.engine == "local":
         results[local.name] = evaluate(model, local, batch_size=args.batch_size, show_progress=True)
     if args.tasks or (local is not None and args.engine == "mteb"):
-        results |= _run_mteb(model, args, local)
+        from causal2vec.eval.mteb_model import evaluate_tasks
+
+        results |= evaluate_tasks(model, args.tasks, local if args.engine == "mteb" else None,
+                                  name=f"causal2vec/{Path(args.model).name}", batch_size=args.batch_size)
     for name, scores in results.items():
         shown = "  ".join(f"{k} {scores[k]:.4f}" for k in ("ndcg_at_10", "recall_at_10", "recall_at_100",
                                                            "mrr_at_10", "main_score") if k in scores)
@@ -79,93 +96,96 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         print(f"wrote {args.output}", file=sys.stderr)
 
 
-def _run_mteb(model, args: argparse.Namespace, local) -> dict[str, dict]:
-    import mteb
-
-    from causal2vec.eval.mteb_model import Causal2VecMTEB, local_retrieval_task, run_mteb
-
-    tasks = [local_retrieval_task(local)] if local is not None and args.engine == "mteb" else []
-    if args.tasks:
-        try:
-            tasks += list(mteb.get_tasks(tasks=args.tasks))
-        except (KeyError, ValueError) as exc:
-            raise Causal2VecError(f"--tasks: {exc}") from exc
-    wrapper = Causal2VecMTEB(model, name=f"causal2vec/{Path(args.model).name}", batch_size=args.batch_size)
-    try:
-        return run_mteb(wrapper, tasks)
-    except (OSError, ConnectionError) as exc:
-        raise Causal2VecError(f"mteb could not load a task's data ({exc.__class__.__name__}: {exc}); tasks from "
-                              "the hub need network access or a local HF datasets cache") from exc
-
-
 def _cmd_mine(args: argparse.Namespace) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from causal2vec.train.mining import mine_file
 
-    from causal2vec.eval.retrieval import read_table
-    from causal2vec.model import Causal2Vec
-    from causal2vec.train.mining import mine_hard_negatives
+    rows = mine_file(args.pairs, args.output, model=args.model, device=args.device, dtype=args.dtype,
+                     corpus=args.corpus, text_column=args.text_column, num=args.num, skip=args.skip,
+                     instruction=args.instruction, batch_size=args.batch_size, show_progress=True)
+    print(f"wrote {rows} pairs with up to {args.num} hard negatives each to {args.output}", file=sys.stderr)
 
-    pairs = read_table(args.pairs)
-    missing = {"query", "positive"} - set(pairs.column_names)
-    if missing:
-        raise Causal2VecError(f"{args.pairs}: missing column(s) {', '.join(sorted(missing))}")
-    queries, positives = pairs["query"].to_pylist(), pairs["positive"].to_pylist()
-    bad = next((i for i, (q, p) in enumerate(zip(queries, positives))
-                if not (isinstance(q, str) and q.strip() and isinstance(p, str) and p.strip())), None)
-    if bad is not None:
-        raise Causal2VecError(f"{args.pairs}: row {bad} has an empty or missing query/positive")
-    if args.corpus:
-        corpus_table = read_table(args.corpus)
-        if args.text_column not in corpus_table.column_names:
-            raise Causal2VecError(f"{args.corpus}: no column {args.text_column!r}")
-        corpus = [t for t in corpus_table[args.text_column].to_pylist() if isinstance(t, str) and t.strip()]
-    else:
-        corpus = positives
-    model = Causal2Vec.from_pretrained(args.model, device=args.device, dtype=args.dtype)
-    negatives = mine_hard_negatives(model, queries, positives, corpus, num=args.num, skip=args.skip,
-                                    instruction=args.instruction, batch_size=args.batch_size, show_progress=True)
-    table = pairs.drop_columns([c for c in ("negatives",) if c in pairs.column_names])
-    pq.write_table(table.append_column("negatives", pa.array(negatives, pa.list_(pa.string()))), args.output)
-    print(f"wrote {table.num_rows} pairs with up to {args.num} hard negatives each to {args.output}",
-          file=sys.stderr)
+
+def _cmd_search(args: argparse.Namespace) -> None:
+    from causal2vec import store
+
+    table = store.open_table(args.table)
+    name = args.model or store.table_identity(table)["model"]  # default: the model that wrote the table
+    model = _load(name, args)
+    for row in store.search(table, model, args.query, k=args.k, mode=args.mode, filter=args.filter,
+                            instruction=args.instruction):
+        print(json.dumps(row, default=str))
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from causal2vec.train.job import run_from_args
+
+    run_from_args(args)
 
 
 def _cmd_embed_corpus(args: argparse.Namespace) -> None:
-    from causal2vec.embed.pipeline import format_summary, run_from_args
+    from causal2vec.embed.job import format_summary, run_from_args
 
     logging.getLogger("causal2vec").setLevel(logging.INFO)  # progress: chunks committed, passes, summary
     summary = run_from_args(args)
     print(format_summary(summary), file=sys.stderr)
-    print("RESULT_JSON " + json.dumps(summary, default=str))
+    print("RESULT_JSON " + json.dumps(summary, default=str), flush=True)
 
 
-def _cmd_search(args: argparse.Namespace) -> None:
-    from causal2vec.embed import lancedb_store as store
-    from causal2vec.model import Causal2Vec
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from causal2vec.serve.run import serve_from_args
 
-    table = store.open_table(args.table)
-    name = args.model or store.table_identity(table)["model"]  # default: the model that wrote the table
-    model = Causal2Vec.from_pretrained(name, device=args.device, dtype=args.dtype)
-    store.check_model(table, model, store.model_name(name))
-    rows = store.search(table, model, args.query, k=args.k, mode=args.mode, filter=args.filter,
-                        instruction=args.instruction)
-    for row in rows:
-        print(json.dumps(row, default=str))
+    serve_from_args(args)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from causal2vec.tools.bench import run_bench
+
+    return run_bench(args.name, args.args)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="causal2vec", description=__doc__)
+    from causal2vec.embed.config import add_arguments as embed_corpus_arguments
+    from causal2vec.serve.run import add_arguments as serve_arguments
+    from causal2vec.train.job import add_arguments as train_arguments
+
+    parser = argparse.ArgumentParser(prog="causal2vec", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
 
     embed = sub.add_parser("embed", help="embed texts and print JSON or write .json / .npy")
     _add_model_args(embed)
     embed.add_argument("texts", nargs="*", help="texts to embed")
-    embed.add_argument("--input", help="a text file, one text per line")
+    embed.add_argument("--input", help="a file of texts: plain text (one per line), or a `text` column")
     embed.add_argument("--instruction", help="query-side instruction (decoder only), e.g. 'Given a query, ...'")
     embed.add_argument("--output", help="write here instead of stdout: *.npy (float32 array) or *.json")
     embed.set_defaults(func=_cmd_embed)
+
+    train = sub.add_parser("train", help="train with Ray Train + DeepSpeed (what jobs/train.py runs)")
+    train_arguments(train)
+    train.set_defaults(func=_cmd_train)
+
+    corpus = sub.add_parser("embed-corpus", help="embed a corpus with Ray Data into an indexed LanceDB table "
+                                                 "(what jobs/embed_corpus.py runs; rerun to resume)")
+    embed_corpus_arguments(corpus)
+    corpus.set_defaults(func=_cmd_embed_corpus)
+
+    search = sub.add_parser("search", help="top-k rows of a LanceDB table for a query, as JSON lines")
+    search.add_argument("query", help="the query text")
+    search.add_argument("--table", required=True, help="DIR::TABLE written by embed-corpus")
+    search.add_argument("--model", help="a saved model directory or a preset (default: the table's model)")
+    search.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    search.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16")
+    search.add_argument("-k", type=int, default=10, help="rows to return")
+    search.add_argument("--mode", choices=SEARCH_MODES, default="vector",
+                        help="vector (ANN), fts (BM25, needs --fts at embed time), hybrid (reciprocal-rank fusion)")
+    search.add_argument("--filter", help="a LanceDB SQL where-clause, e.g. \"section = 'utils'\"")
+    search.add_argument("--instruction", help="query-side instruction (decoder only)")
+    search.set_defaults(func=_cmd_search)
+
+    serve = sub.add_parser("serve", help="serve the OpenAI-compatible API with Ray Serve until interrupted")
+    serve_arguments(serve)
+    serve.set_defaults(func=_cmd_serve)
 
     ev = sub.add_parser("eval", help="retrieval quality: local parquet/jsonl tasks (offline) or MTEB tasks by name")
     _add_model_args(ev)
@@ -193,40 +213,26 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--output", required=True, help="output parquet")
     mine.set_defaults(func=_cmd_mine)
 
-    from causal2vec.embed.pipeline import add_arguments
-
-    corpus = sub.add_parser("embed-corpus", help="embed a corpus with Ray Data into an indexed LanceDB table "
-                                                 "(same flags as jobs/embed_corpus.py; rerun to resume)")
-    add_arguments(corpus)
-    corpus.set_defaults(func=_cmd_embed_corpus)
-
-    search = sub.add_parser("search", help="top-k rows of a LanceDB table for a query, as JSON lines")
-    search.add_argument("query", help="the query text")
-    search.add_argument("--table", required=True, help="DIR::TABLE written by embed-corpus")
-    search.add_argument("--model", help="a saved model directory or a preset (default: the table's model)")
-    search.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    search.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16")
-    search.add_argument("-k", type=int, default=10, help="rows to return")
-    search.add_argument("--mode", choices=["vector", "fts", "hybrid"], default="vector",
-                        help="vector (ANN), fts (BM25, needs --fts at embed time), hybrid (reciprocal-rank fusion)")
-    search.add_argument("--filter", help="a LanceDB SQL where-clause, e.g. \"section = 'utils'\"")
-    search.add_argument("--instruction", help="query-side instruction (decoder only)")
-    search.set_defaults(func=_cmd_search)
+    bench = sub.add_parser("bench", help="run a benchmark of the source checkout: causal2vec bench NAME [ARGS]; "
+                                         "without NAME, list them")
+    bench.add_argument("name", nargs="?", help="a script in bench/, e.g. bulk_embed")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own flags")
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    job_environment()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # a usage error exits with USAGE_ERROR (argparse's own 2)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_third_party(args.verbose)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except Causal2VecError as exc:
         print(f"causal2vec {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return USAGE_ERROR
 
 
 def quiet_third_party(verbose: bool) -> None:

@@ -12,7 +12,10 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import PromptType
 
-from causal2vec.eval.retrieval import E5_TEMPLATE, RetrievalTask
+from causal2vec.config import E5_TEMPLATE
+from causal2vec.errors import Causal2VecError
+from causal2vec.eval.retrieval import RetrievalTask
+from causal2vec.readers import text_problem
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +51,7 @@ class Causal2VecMTEB(AbsEncoder):
 
     def encode(self, inputs, *, task_metadata: TaskMetadata, hf_split: str, hf_subset: str,
                prompt_type: PromptType | None = None, **kwargs: Any) -> np.ndarray:
-        texts = [text if isinstance(text, str) and text.strip() else EMPTY_TEXT
-                 for batch in inputs for text in batch["text"]]
+        texts = [EMPTY_TEXT if text_problem(text) else text for batch in inputs for text in batch["text"]]
         return self.model.encode(texts, instruction=self.instruction_for(task_metadata, prompt_type),
                                  batch_size=self.batch_size, show_progress=kwargs.get("show_progress_bar", False))
 
@@ -90,3 +92,21 @@ def run_mteb(model: Causal2VecMTEB, tasks: list, *, output_folder: str | None = 
         split = next(iter(task_result.scores))
         scores[task_result.task_name] = task_result.scores[split][0]
     return scores
+
+
+def evaluate_tasks(model, task_names: list[str] | None = None, local: RetrievalTask | None = None, *,
+                   name: str = "causal2vec/model", batch_size: int = 64) -> dict[str, dict]:
+    """`causal2vec eval --tasks ...` (and `--engine mteb`): MTEB tasks by name, and a local task, through mteb."""
+    import mteb
+
+    tasks = [local_retrieval_task(local)] if local is not None else []
+    if task_names:
+        try:
+            tasks += list(mteb.get_tasks(tasks=task_names))
+        except (KeyError, ValueError) as exc:
+            raise Causal2VecError(f"--tasks: {exc}") from exc
+    try:
+        return run_mteb(Causal2VecMTEB(model, name=name, batch_size=batch_size), tasks)
+    except (OSError, ConnectionError) as exc:
+        raise Causal2VecError(f"mteb could not load a task's data ({exc.__class__.__name__}: {exc}); tasks from "
+                              "the hub need network access (HF_HUB_OFFLINE=0) or a local HF datasets cache") from exc

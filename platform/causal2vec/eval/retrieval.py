@@ -17,17 +17,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from causal2vec.config import E5_TEMPLATE, query_instruction
 from causal2vec.errors import Causal2VecError
+from causal2vec.readers import read_table, text_problem
 
 log = logging.getLogger(__name__)
 
-E5_TEMPLATE = "Instruct: {task}\nQuery: "
 DEFAULT_KS = (1, 10, 100)
-
-
-def query_instruction(task_description: str | None, template: str = E5_TEMPLATE) -> str | None:
-    """The E5-style query prefix; documents get none."""
-    return template.format(task=task_description) if task_description else None
+__all__ = ["E5_TEMPLATE", "RetrievalTask", "evaluate", "exact_top_k", "query_instruction", "ranking_metrics"]
 
 
 @dataclass
@@ -79,7 +76,7 @@ class RetrievalTask:
         Without a qrels file each query's `doc_id` column names its one relevant document (the Debian data's form).
         Column names are detected from common spellings unless given.
         """
-        ctable, qtable = read_table(corpus), read_table(queries)
+        ctable, qtable = read_table(corpus, what="corpus"), read_table(queries, what="queries")
         cid = corpus_id or _pick(ctable, corpus, ("id", "doc_id", "_id", "corpus-id"))
         qid = query_id or _pick(qtable, queries, ("query_id", "id", "_id", "query-id"))
         qtext = query_text or _pick(qtable, queries, ("query", "text"))
@@ -88,7 +85,7 @@ class RetrievalTask:
             qtable = qtable.slice(0, limit_queries)
         qids = [str(x) for x in qtable[qid].to_pylist()]
         if qrels is not None:
-            rtable = read_table(qrels)
+            rtable = read_table(qrels, what="qrels")
             rq = _pick(rtable, qrels, ("query_id", "query-id", "qid"))
             rd = _pick(rtable, qrels, ("doc_id", "corpus-id", "corpus_id", "docid"))
             scores = rtable["score"].to_pylist() if "score" in rtable.column_names else [1] * rtable.num_rows
@@ -106,7 +103,7 @@ class RetrievalTask:
     def from_pairs(cls, pairs: str | Path, *, name: str | None = None, description: str | None = None,
                    limit: int | None = None) -> RetrievalTask:
         """Training-pair files (`query`, `positive`) as a task: the corpus is the set of distinct positives."""
-        table = read_table(pairs)
+        table = read_table(pairs, what="pairs")
         _require(table, pairs, "query")
         _require(table, pairs, "positive")
         if limit:
@@ -119,28 +116,6 @@ class RetrievalTask:
         return cls(name=name or Path(pairs).stem, query_ids=qids, queries=queries,
                    corpus_ids=list(doc_index.values()), corpus=list(doc_index.keys()),
                    qrels={q: {doc_index[p]: 1} for q, p in zip(qids, positives)}, description=description)
-
-
-def read_table(path: str | Path) -> pa.Table:
-    """parquet, jsonl/json (one object per line), csv or tsv, by suffix."""
-    import pyarrow.csv as pcsv
-    import pyarrow.json as pjson
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    if not path.is_file():
-        raise Causal2VecError(f"no such file: {path}")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".parquet":
-            return pq.read_table(path)
-        if suffix in (".jsonl", ".json"):
-            return pjson.read_json(path)
-        if suffix in (".csv", ".tsv"):
-            return pcsv.read_csv(path, parse_options=pcsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ","))
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise Causal2VecError(f"cannot read {path}: {exc}") from exc
-    raise Causal2VecError(f"{path}: unsupported file type {suffix!r}; use .parquet, .jsonl, .csv or .tsv")
 
 
 def _pick(table: pa.Table, path, candidates: Sequence[str]) -> str:
@@ -160,8 +135,9 @@ def _require(table: pa.Table, path, column: str, hint: str = "") -> None:
 def _texts(table: pa.Table, column: str, path) -> list[str]:
     values = table[column].to_pylist()
     for row, value in enumerate(values):
-        if not isinstance(value, str) or not value.strip():
-            raise Causal2VecError(f"{path}: row {row} has an empty or missing {column!r}")
+        problem = text_problem(value)
+        if problem:
+            raise Causal2VecError(f"{path}: row {row} has an empty or missing {column!r} ({problem})")
     return values
 
 

@@ -1,6 +1,23 @@
-"""The Causal2Vec model: pure torch + transformers + peft, no Ray."""
+"""The Causal2Vec model: pure torch + transformers + peft, no Ray.
 
-from causal2vec.model.causal2vec import Causal2Vec
-from causal2vec.model.config import Causal2VecConfig, LoraSettings
+Imports inside model/ run one way (a test walks them): config, devices, gguf, pooling, context_encoder,
+tokenization, inference -> build -> presets, io -> sources -> causal2vec (the class, and `load_model`).
+"""
 
-__all__ = ["Causal2Vec", "Causal2VecConfig", "LoraSettings"]
+__all__ = ["Causal2Vec", "Causal2VecConfig", "LoraSettings", "ModelSource", "load_model"]
+
+
+def __getattr__(name):  # lazy: the light modules here (config, sources) must not pull in torch
+    if name in ("Causal2Vec", "load_model"):
+        from causal2vec.model import causal2vec
+
+        return getattr(causal2vec, name)
+    if name in ("Causal2VecConfig", "LoraSettings"):
+        from causal2vec.model import config
+
+        return getattr(config, name)
+    if name == "ModelSource":
+        from causal2vec.model.sources import ModelSource
+
+        return ModelSource
+    raise AttributeError(name)

@@ -2,6 +2,9 @@
 
 The decoder's causal attention is left untouched; every text token can still see a summary of the whole text
 because the CTX vector, computed by a small bidirectional encoder, sits before the text.
+
+`load_model(source, part=...)` is the one way a model is loaded (presets, saved directories, HF / GGUF parts);
+`Causal2Vec.from_pretrained` / `from_config` are its spellings on the class.
 """
 
 from __future__ import annotations
@@ -12,27 +15,30 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from causal2vec.errors import Causal2VecError
+from causal2vec.model import io, pooling
+from causal2vec.model.build import assemble_parts, seeded
 from causal2vec.model.config import Causal2VecConfig, LoraSettings
 from causal2vec.model.context_encoder import ContextEncoder
 from causal2vec.model.devices import resolve_device, resolve_dtype
+from causal2vec.model.inference import decoder_pass, encoder_pass
+from causal2vec.model.sources import ModelSource, load_parts
 from causal2vec.model.tokenization import Batch, BatchBuilder, DecoderBatch, EncoderBatch, per_text, validate_texts
 
 log = logging.getLogger(__name__)
 
 
 class Causal2Vec(nn.Module):
-    """The embedding model. Build with `from_pretrained` (saved dir or preset) or `from_config` (HF ids/paths)."""
+    """The embedding model, whole or one part: an encoder-only model (`part == "encoder"`) computes CTX vectors, a
+    decoder-only one embeds texts given their CTX vectors (what split Serve replicas and bulk actors hold)."""
 
-    def __init__(self, config: Causal2VecConfig, context_encoder: ContextEncoder | None, decoder: nn.Module,
+    def __init__(self, config: Causal2VecConfig, context_encoder: ContextEncoder | None, decoder: nn.Module | None,
                  encoder_tokenizer, decoder_tokenizer):
         super().__init__()
-        if config.use_ctx_token and context_encoder is None:
-            raise Causal2VecError("use_ctx_token=True needs a context encoder")
+        if context_encoder is None and decoder is None:
+            raise Causal2VecError("a model needs its context encoder, its decoder, or both")
         self.config = config
         self.context_encoder = context_encoder
         self.decoder = decoder
@@ -40,29 +46,24 @@ class Causal2Vec(nn.Module):
         self.decoder_tokenizer = decoder_tokenizer
         self.builder = BatchBuilder(encoder_tokenizer, decoder_tokenizer, config)
 
-    # -- construction and persistence (the logic lives in io.py / presets.py) ------------------------------------
+    # -- construction and persistence ------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path_or_preset: str | Path, *, device: str | None = None,
+    def from_pretrained(cls, path_or_preset: str | Path | ModelSource, *, device: str | None = None,
                         dtype: str | torch.dtype | None = None, **config_overrides) -> Causal2Vec:
         """Load a saved model directory, or build a named preset (`tiny`, `minilm-small`, ...).
 
         `config_overrides` change non-structural config fields, e.g. `max_decoder_length=128` or `pooling="last"`.
         """
-        from causal2vec.model import io
-
-        return io.load(path_or_preset, device=device, dtype=dtype, **config_overrides)
+        return load_model(ModelSource.of(path_or_preset, **config_overrides), device=device, dtype=dtype)
 
     @classmethod
     def from_config(cls, config: Causal2VecConfig, *, device: str | None = None,
                     dtype: str | torch.dtype | None = None, seed: int = 0) -> Causal2Vec:
-        """Assemble a new model from an encoder and a decoder (HF ids or local paths); the projector starts fresh."""
-        from causal2vec.model import io
-
-        return io.build(config, device=device, dtype=dtype, seed=seed)
+        """Assemble a new model from an encoder and a decoder (HF ids, paths or GGUF files); the projector starts
+        fresh, drawn under `seed`."""
+        return load_model(ModelSource.from_config(config), device=device, dtype=dtype, seed=seed)
 
     def save_pretrained(self, path: str | Path, *, merge_lora: bool = False) -> Path:
-        from causal2vec.model import io
-
         return io.save(self, path, merge_lora=merge_lora)
 
     # -- LoRA ----------------------------------------------------------------------------------------------------
@@ -78,8 +79,6 @@ class Causal2Vec(nn.Module):
         The adapters' random init is seeded, so every worker of a distributed run starts from the same model.
         """
         from peft import LoraConfig, get_peft_model
-
-        from causal2vec.model.presets import seeded
 
         if self.has_lora:
             raise Causal2VecError("the decoder already has LoRA adapters")
@@ -103,28 +102,43 @@ class Causal2Vec(nn.Module):
 
     # -- properties ----------------------------------------------------------------------------------------------
     @property
+    def part(self) -> str:
+        """"all", or the one part this model holds ("encoder" / "decoder")."""
+        if self.decoder is None:
+            return "encoder"
+        return "decoder" if self.config.use_ctx_token and self.context_encoder is None else "all"
+
+    @property
     def hidden_size(self) -> int:
+        if self.decoder is None:
+            return self.context_encoder.projector.net[-1].out_features
         return self.decoder.get_input_embeddings().embedding_dim
 
     @property
     def embedding_dim(self) -> int:
-        return 2 * self.hidden_size if self.config.pooling == "concat" else self.hidden_size
+        return pooling.output_dim(self.config.pooling, self.hidden_size)
 
     @property
     def device(self) -> torch.device:
-        return next(self.decoder.parameters()).device
+        return next(self.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
+        if self.decoder is None:
+            return self.context_encoder.projector.net[-1].weight.dtype
         return self.decoder.get_input_embeddings().weight.dtype
 
-    # -- the two stages (serving runs them in separate replicas) -------------------------------------------------
+    # -- the two stages (serving and bulk jobs run them in separate processes) -----------------------------------
     def context_vectors(self, batch: EncoderBatch) -> torch.Tensor:
         """Encoder stage: texts -> one CTX vector each, already in the decoder's hidden size and dtype."""
+        if self.context_encoder is None:
+            raise Causal2VecError(f"this model holds only its {self.part} part; load it with part='encoder' or whole")
         return self.context_encoder(batch.input_ids, batch.attention_mask).to(self.dtype)
 
     def decoder_hidden_states(self, batch: DecoderBatch, ctx: torch.Tensor | None) -> torch.Tensor:
         """Last hidden states of the decoder over the full layout, with CTX spliced in at `ctx_index`."""
+        if self.decoder is None:
+            raise Causal2VecError("this model holds only its encoder part; load it with part='decoder' or whole")
         embeds = self.decoder.get_input_embeddings()(batch.input_ids)
         if self.config.use_ctx_token:
             if ctx is None:
@@ -136,19 +150,8 @@ class Causal2Vec(nn.Module):
         return out.last_hidden_state
 
     def pool(self, hidden: torch.Tensor, batch: DecoderBatch, normalize: bool | None = None) -> torch.Tensor:
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        mode = self.config.pooling
-        if mode == "mean":
-            mask = batch.pool_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1)
-        elif mode == "last":
-            pooled = hidden[rows, batch.eos_index]
-        elif mode == "ctx":
-            pooled = hidden[rows, batch.ctx_index]
-        else:  # concat: [h_ctx ; h_eos]
-            pooled = torch.cat([hidden[rows, batch.ctx_index], hidden[rows, batch.eos_index]], dim=-1)
-        normalize = self.config.normalize if normalize is None else normalize
-        return F.normalize(pooled.float(), dim=-1).to(pooled.dtype) if normalize else pooled
+        pooled = pooling.pool(hidden, batch, self.config.pooling)
+        return pooling.normalize(pooled, self.config.normalize if normalize is None else normalize)
 
     def embed_with_context(self, batch: DecoderBatch, ctx: torch.Tensor | None,
                            normalize: bool | None = None) -> torch.Tensor:
@@ -165,31 +168,48 @@ class Causal2Vec(nn.Module):
                batch_size: int = 32, normalize: bool | None = None, show_progress: bool = False) -> np.ndarray:
         """Embed texts -> float32 array [n, embedding_dim], in input order.
 
-        Texts are processed longest-first so each batch holds similar lengths (less padding); the output is put
-        back in input order. `instruction` (one for all, or one per text) goes to the decoder only.
+        Both stages run through the stage runner (inference.py): rows sorted by token length, passes of
+        `batch_size`, input order restored. `instruction` (one for all, or one per text) goes to the decoder only.
         """
         texts = validate_texts(texts)
         if batch_size < 1:
             raise Causal2VecError(f"batch_size must be >= 1, got {batch_size}")
         instructions = per_text(instruction, len(texts))
-        out = np.zeros((len(texts), self.embedding_dim), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
         was_training = self.training
         self.eval()
         try:
-            with torch.no_grad():  # not inference_mode: ZeRO-3's parameter hooks run here during training evals
-                for start in tqdm(range(0, len(order), batch_size), desc="embedding", unit="batch",
-                                  disable=not show_progress):
-                    idx = order[start:start + batch_size]
-                    batch = self.builder([texts[i] for i in idx], [instructions[i] for i in idx]).to(self.device)
-                    out[idx] = self(batch, normalize).float().cpu().numpy()
+            ctx = encoder_pass(self, self.builder.tokenize_for_encoder(texts), rows_per_pass=batch_size,
+                               progress=show_progress).vectors if self.config.use_ctx_token else None
+            return decoder_pass(self, self.builder.tokenize_for_decoder(texts), ctx, instructions=instructions,
+                                normalize=normalize, rows_per_pass=batch_size, progress=show_progress).vectors
         finally:
             self.train(was_training)
-        return out
 
     def to_device(self, device: str | None = None, dtype: str | torch.dtype | None = None) -> Causal2Vec:
         device = resolve_device(device)
         return self.to(device=device, dtype=resolve_dtype(dtype, device))
+
+
+def load_model(source: str | Path | ModelSource, part: str = "all", *, device: str | None = None,
+               dtype: str | torch.dtype | None = None, seed: int = 0) -> Causal2Vec:
+    """The one way to load a model: a preset, a saved directory or a new model from HF / GGUF parts
+    (`ModelSource`). `part="encoder"` / `"decoder"` loads only that part's weights. `seed` draws a new model's
+    projector; a config's `lora` settings put fresh adapters on a new decoder."""
+    model = Causal2Vec(**vars(load_parts(source, part, device=device, dtype=dtype, seed=seed)))
+    if model.config.lora is not None and model.decoder is not None and not model.has_lora:
+        model.enable_lora(model.config.lora)
+    return model.eval()
+
+
+def assemble(config: Causal2VecConfig, encoder: nn.Module | None, decoder: nn.Module, encoder_tokenizer,
+             decoder_tokenizer, *, projector_state: dict | None = None, device=None, dtype=None,
+             seed: int = 0) -> Causal2Vec:
+    """A model from parts already in memory (tests and benches build decoders of their own)."""
+    if config.use_ctx_token and encoder is None:
+        raise Causal2VecError("use_ctx_token=True needs an encoder")
+    parts = assemble_parts(config, encoder, decoder, encoder_tokenizer, decoder_tokenizer,
+                           projector_state=projector_state, device=device, dtype=dtype, seed=seed)
+    return Causal2Vec(**vars(parts)).eval()
 
 
 def _lora_targets(decoder: nn.Module, targets: list[str] | str | None) -> list[str] | None:

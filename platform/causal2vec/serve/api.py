@@ -1,39 +1,39 @@
 """The HTTP ingress: an OpenAI-compatible embeddings API, vector search over LanceDB, models, health and metrics.
 
-Everything a client can get wrong is checked here, before anything reaches a batch that other requests share:
-the ingress parses, validates, tokenizes and checks truncation, then sends one item per text through
+Everything a client can get wrong is checked here (protocol.py), before anything reaches a batch that other
+requests share: the ingress parses, validates, tokenizes and checks truncation, then sends one item per text through
 encoder -> decoder. The encoder's DeploymentResponse goes straight into the decoder call (not awaited in between),
 so Serve pipelines the two stages and each stage's @serve.batch merges items across requests.
 
-Errors use OpenAI's envelope {"error": {"message", "type", "param", "code"}}:
-400 malformed/empty input, 401 auth, 404 unknown model/table/route, 413 body over the limit, 422 semantic
-(token-id input, too many items, over-long input with truncate=false, unsupported `dimensions`, unknown task,
-mismatched table), 503 overloaded (Serve back-pressure) or not ready.
+The ingress holds no model: the model's LanceDB identity (what search checks tables against) is built at start-up
+from the decoder replica's description and a probe text sent through both stages.
 """
 
 # No `from __future__ import annotations` here: Serve pickles the ingress class by value, and FastAPI must see the
 # routes' `Request` annotations as objects, not as names it would look up in a pickled, partial module namespace.
 import asyncio
-import base64
 import contextlib
 import hmac
 import json
 import logging
-import os
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from ray import serve
 
+from causal2vec import store
 from causal2vec.errors import Causal2VecError
-
-if TYPE_CHECKING:
-    from causal2vec.serve.app import ServeArgs
+from causal2vec.model.sources import ModelSource, load_builder
+from causal2vec.serve.config import ServeArgs
+from causal2vec.serve.deployments import DecoderItem
+from causal2vec.serve.protocol import (APIError, EmbeddingRequest, SearchRequest, awaitable, encode_vector, jsonable,
+                                       model_error, node_metrics, parse_texts, read_api_keys, reason, route_path,
+                                       validation_error)
+from causal2vec.store.identity import PROBE_TEXT, describe
 
 log = logging.getLogger(__name__)
 
@@ -41,114 +41,21 @@ PUBLIC_PATHS = {"/health"}  # everything else needs a key when keys are configur
 ROUTES = {"/v1/embeddings", "/v1/search", "/v1/models", "/health", "/metrics"}
 
 
-class APIError(Exception):
-    """An HTTP error in OpenAI's envelope."""
-
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-        self.headers = headers
-
-    def response(self) -> JSONResponse:
-        return JSONResponse({"error": {"message": self.message, "type": self.type, "param": self.param,
-                                       "code": self.code}}, status_code=self.status, headers=self.headers)
-
-
-# -- request bodies -----------------------------------------------------------------------------------------------
-class EmbeddingRequest(BaseModel):
-    """OpenAI's embeddings request plus `instruction` / `task`, `truncate` and `normalize`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    input: Any
-    model: str
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
-    user: str | None = None
-    instruction: str | None = None
-    task: str | None = None
-    truncate: bool = True
-    normalize: bool | None = None
-
-
-class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    query: str
-    table: str
-    k: int = Field(10, ge=1, le=1000)
-    filter: str | None = None
-    mode: Literal["vector", "fts", "hybrid"] = "vector"
-    model: str | None = None
-    instruction: str | None = None
-    task: str | None = None
-
-
-def parse_texts(value: Any) -> list[str]:
-    """`input` as a list of non-empty strings; token ids get a 422 (the model has two tokenizers)."""
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list):
-        raise APIError(400, "`input` must be a string or a list of strings", param="input")
-    if not value:
-        raise APIError(400, "`input` is an empty list; send at least one string", param="input")
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in value) or \
-            all(isinstance(v, list) and all(isinstance(t, int) for t in v) for v in value):
-        raise APIError(422, "token-id input is not supported: a Causal2Vec model has two tokenizers (encoder and "
-                            "decoder), so send text", param="input", code="token_ids_unsupported")
-    for i, text in enumerate(value):
-        if not isinstance(text, str):
-            raise APIError(400, f"`input[{i}]` is a {type(text).__name__}, not a string", param="input")
-        if not text.strip():
-            raise APIError(400, f"`input[{i}]` is empty or whitespace only", param="input")
-    return value
-
-
-def _validation_error(exc: ValidationError) -> APIError:
-    first = exc.errors()[0]
-    param = ".".join(str(p) for p in first["loc"]) or None
-    kind = first["type"]
-    if kind == "extra_forbidden":
-        return APIError(400, f"unrecognized request argument: {param}", param=param)
-    if kind == "missing":
-        return APIError(400, f"missing required argument: {param}", param=param)
-    return APIError(400, f"invalid value for {param}: {first['msg']}", param=param)
-
-
-def _encode_vector(vector: np.ndarray, encoding_format: str):
-    if encoding_format == "base64":  # little-endian float32, what the OpenAI client decodes
-        return base64.b64encode(np.ascontiguousarray(vector, dtype="<f4").tobytes()).decode("ascii")
-    return vector.astype(np.float32).tolist()
-
-
-def _read_api_keys(env_name: str | None, path: str | None) -> set[str]:
-    keys: set[str] = set()
-    if env_name and os.environ.get(env_name):
-        keys |= {k.strip() for k in os.environ[env_name].split(",") if k.strip()}
-    if path:
-        file = Path(path).expanduser()
-        if not file.is_file():
-            raise Causal2VecError(f"api_keys_file {path!r} does not exist on this node")
-        keys |= {line.strip() for line in file.read_text().splitlines() if line.strip() and not line.startswith("#")}
-    return keys
-
-
-# -- the ingress deployment ---------------------------------------------------------------------------------------
 @serve.deployment(name="API")  # options (max_ongoing_requests, replicas) come from build_app
 @serve.ingress()
 class EmbeddingAPI:
     """FastAPI ingress over the encoder and decoder deployments (see the module docstring)."""
 
-    async def __init__(self, encoder, decoder, args: "ServeArgs"):
-        from causal2vec.model.io import load_builder
-
+    async def __init__(self, encoder, decoder, args: ServeArgs):
         self.encoder, self.decoder, self.args = encoder, decoder, args
         self.builder = load_builder(args.model)  # tokenizers + config only: the ingress never runs the model
         self.info = await decoder.info.remote()
-        self.api_keys = _read_api_keys(args.api_keys_env, args.api_keys_file)
+        self.api_keys = read_api_keys(args.api_keys_env, args.api_keys_file)
         self._tables: dict[str, Any] = {}
         self._init_metrics()
+        probe = (await self.run_model(*self.prepare([PROBE_TEXT], None, True, None)[:2]))[0]
+        self.identity = describe(self.builder.config, self.info["embedding_dim"], self.info["dtype"], probe,
+                                 ModelSource.of(args.model).label)
         log.info("serving %s as %r (dim %d), auth %s", args.model, args.served_model_name,
                  self.info["embedding_dim"], "on" if self.api_keys else "off")
 
@@ -179,7 +86,7 @@ class EmbeddingAPI:
         @app.middleware("http")
         async def guard(request: Request, call_next):
             start = time.perf_counter()
-            path = _route_path(request)
+            path = route_path(request)
             try:
                 self._check_auth(request, path)
                 self._check_size(request)
@@ -194,7 +101,7 @@ class EmbeddingAPI:
             self.m_requests.inc(tags={"path": route, "status": str(status)})
             self.m_latency.observe(time.perf_counter() - start, tags={"path": route})
             if status >= 400:
-                self.m_failures.inc(tags={"reason": _reason(status)})
+                self.m_failures.inc(tags={"reason": reason(status)})
             return response
 
         @app.exception_handler(APIError)
@@ -233,7 +140,7 @@ class EmbeddingAPI:
 
         @app.get("/metrics")
         async def metrics():
-            text = await asyncio.to_thread(_node_metrics)
+            text = await asyncio.to_thread(node_metrics)
             return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
         return app
@@ -270,7 +177,7 @@ class EmbeddingAPI:
         try:
             return model.model_validate(data)
         except ValidationError as exc:
-            raise _validation_error(exc) from exc
+            raise validation_error(exc) from exc
 
     def _check_model(self, name: str | None) -> None:
         if name is not None and name != self.args.served_model_name:
@@ -297,7 +204,7 @@ class EmbeddingAPI:
             {"decoder": self.decoder}
         for name, handle in calls.items():
             try:
-                await asyncio.wait_for(_awaitable(handle.ready.remote()), self.args.health_timeout_s)
+                await asyncio.wait_for(awaitable(handle.ready.remote()), self.args.health_timeout_s)
             except Exception as exc:  # noqa: BLE001 - any failure means not ready
                 return f"the {name} deployment is not ready ({type(exc).__name__})"
         return None
@@ -305,8 +212,6 @@ class EmbeddingAPI:
     # -- embeddings ----------------------------------------------------------------------------------------------
     def prepare(self, texts: list[str], instruction: str | None, truncate: bool, normalize: bool | None):
         """Tokenize for both stages and check lengths: (encoder rows or None, decoder items, prompt tokens)."""
-        from causal2vec.serve.deployments import DecoderItem
-
         builder = self.builder
         try:
             dec_ids = builder.tokenize_for_decoder(texts)
@@ -334,12 +239,12 @@ class EmbeddingAPI:
             for i, item in enumerate(items):  # back-pressure can raise right here, at the call
                 ctx = self.encoder.remote(enc_rows[i]) if enc_rows is not None else None
                 responses.append(self.decoder.remote(item, ctx))
-            return await asyncio.gather(*(_awaitable(r) for r in responses))
+            return await asyncio.gather(*(awaitable(r) for r in responses))
         except Exception as exc:
             for response in responses:  # the first failure fails the request: stop the rest
                 with contextlib.suppress(Exception):  # cancel() re-raises a call's own failure
                     response.cancel()
-            raise _model_error(exc) from exc
+            raise model_error(exc) from exc
         finally:
             self._in_flight -= len(items)
             self.m_in_flight.set(self._in_flight)
@@ -363,15 +268,13 @@ class EmbeddingAPI:
         self.m_items.inc(len(texts))
         self.m_tokens.inc(tokens)
         return {"object": "list",
-                "data": [{"object": "embedding", "index": i, "embedding": _encode_vector(v, body.encoding_format)}
+                "data": [{"object": "embedding", "index": i, "embedding": encode_vector(v, body.encoding_format)}
                          for i, v in enumerate(vectors)],
                 "model": self.args.served_model_name,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     # -- search --------------------------------------------------------------------------------------------------
     async def search(self, body: SearchRequest) -> dict:
-        from causal2vec.embed import lancedb_store
-
         self._check_model(body.model)
         if not self.args.lancedb_uri:
             raise APIError(404, "search is not configured on this server (no lancedb_uri)", code="no_search")
@@ -384,18 +287,16 @@ class EmbeddingAPI:
             enc_rows, items, _ = self.prepare([body.query], instruction, True, None)
             vector = (await self.run_model(enc_rows, items))[0]
         try:
-            rows = await asyncio.to_thread(lancedb_store.search, table, self.info["identity"], body.query, k=body.k,
-                                           mode=body.mode, filter=body.filter, query_vector=vector)
+            rows = await asyncio.to_thread(store.search, table, self.identity, body.query, k=body.k, mode=body.mode,
+                                           filter=body.filter, query_vector=vector)
         except Causal2VecError as exc:
             raise APIError(422, str(exc), param="filter" if body.filter else "mode") from exc
-        return {"object": "list", "data": [_jsonable(r) for r in rows], "model": self.args.served_model_name,
+        return {"object": "list", "data": [jsonable(r) for r in rows], "model": self.args.served_model_name,
                 "table": body.table, "mode": body.mode}
 
     def _table(self, name: str):
         """A table under lancedb_uri, checked against the served model (409 on a mismatch); handles are cached,
         and re-checked out on use so rows appended since are seen."""
-        from causal2vec.embed import lancedb_store
-
         if not name or "/" in name or "\\" in name or "::" in name or name.startswith("."):
             raise APIError(400, f"invalid table name {name!r}", param="table")
         table = self._tables.get(name)
@@ -403,70 +304,13 @@ class EmbeddingAPI:
             table.checkout_latest()
             return table
         try:
-            table = lancedb_store.open_table(f"{self.args.lancedb_uri}::{name}")
+            table = store.open_table(f"{self.args.lancedb_uri}::{name}")
         except Causal2VecError as exc:
             raise APIError(404, f"no table {name!r} under this server's LanceDB directory", param="table",
                            code="table_not_found") from exc
         try:
-            lancedb_store.check_model(table, self.info["identity"])
+            store.check_model(table, self.identity)
         except Causal2VecError as exc:
             raise APIError(409, str(exc), param="table", code="model_mismatch") from exc
         self._tables[name] = table
         return table
-
-
-def _model_error(exc: BaseException) -> APIError:
-    """A failure from the model deployments, as the client should see it."""
-    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
-
-    cause = getattr(exc, "cause", None) or exc
-    if isinstance(exc, BackPressureError) or isinstance(cause, BackPressureError):
-        return APIError(503, "the server is overloaded; retry after a short wait", type="overloaded_error",
-                        code="overloaded", headers={"Retry-After": "1"})
-    if isinstance(exc, DeploymentUnavailableError) or isinstance(cause, DeploymentUnavailableError):
-        return APIError(503, "the model is not available", type="service_unavailable", code="not_ready")
-    if isinstance(exc, Causal2VecError) or isinstance(cause, Causal2VecError):
-        return APIError(422, str(cause).splitlines()[-1])
-    log.error("model call failed: %r", exc)
-    return APIError(500, f"the model failed on this input ({type(cause).__name__})", type="server_error")
-
-
-def _route_path(request) -> str:
-    """The path inside this app (the route prefix stripped), for auth and metric tags."""
-    path, root = request.url.path, request.scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root):] or "/"
-    return path
-
-
-def _reason(status: int) -> str:
-    return {400: "bad_request", 401: "unauthorized", 404: "not_found", 409: "model_mismatch", 413: "too_large",
-            422: "invalid_input", 429: "rate_limited", 503: "unavailable"}.get(status, f"http_{status}")
-
-
-async def _awaitable(response):
-    return await response
-
-
-def _jsonable(row: dict) -> dict:
-    out = {}
-    for key, value in row.items():
-        if isinstance(value, np.ndarray):
-            value = value.tolist()
-        elif isinstance(value, (np.floating, np.integer)):
-            value = value.item()
-        out[key] = value
-    return out
-
-
-def _node_metrics() -> str:
-    """This node's Prometheus metrics (Serve's own and ours) from Ray's metrics export port."""
-    import urllib.request
-
-    import ray
-
-    node_id = ray.get_runtime_context().get_node_id()
-    node = next(n for n in ray.nodes() if n["NodeID"] == node_id)
-    url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return response.read().decode()

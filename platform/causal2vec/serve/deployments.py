@@ -1,17 +1,13 @@
-"""The two model stages as Serve deployments, each batched with @serve.batch and autoscaled on its own.
+"""The two model stages as Serve deployments, each batched with @serve.batch and autoscaled on its own. Each replica
+loads only its part of the model: an encoder replica holds no LLM weights, a decoder replica no encoder.
 
-ContextEncoderDeployment: tokenized texts -> CTX vectors (the small bidirectional encoder).
-DecoderDeployment:        tokenized texts + CTX vectors -> embeddings (the large LLM), batched by a padded-token
-                          budget rather than an item count, so one long text does not blow up a batch.
+ContextEncoderDeployment: encoder token ids -> CTX vectors (the small bidirectional encoder).
+DecoderDeployment:        decoder token ids + CTX vectors -> embeddings (the LLM), batched by a padded-token budget
+                          rather than an item count, so one long text does not blow up a batch.
 
-The ingress tokenizes (it must count tokens and check truncation before anything is batched) and sends one item
-per call, so @serve.batch merges items across requests. Both stages call the model's own methods
-(`builder.encoder_batch` + `context_vectors`, `builder.decoder_batch` + `embed_with_context`), which is what makes
-the served vectors equal `model.encode`'s.
-
-Each replica loads the full model and runs only its own part. On a GPU the encoder replica keeps the decoder weights
-in host memory and moves only the context encoder to the device; the decoder replica holds both (the encoder is a
-small fraction of it). Loading one part alone would need a `parts=` option in the model library.
+The ingress tokenizes (it must count tokens and check truncation before anything is batched) and sends one item per
+call, so @serve.batch merges items across requests. A batch runs through the stage runner (model/inference.py);
+`context_vectors` and `embeddings` below are the adapters, which is what makes served vectors equal `model.encode`'s.
 """
 
 from __future__ import annotations
@@ -24,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from ray import serve
 
-from causal2vec.model.tokenization import length_buckets
+from causal2vec.model.causal2vec import load_model
+from causal2vec.model.inference import StageOutput, decoder_pass, encoder_pass
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +50,27 @@ def padded_tokens(items: list[DecoderItem]) -> int:
     return len(items) * max(item.tokens for item in items)
 
 
-def _load(spec: str, device: str | None, dtype: str | None, torch_threads: int | None, part: str = "all"):
-    """The model and the device its stage runs on (`io.load_for_stage`, as the bulk pipeline's stages load)."""
-    import torch
+def context_vectors(model, rows: list[list[int]], rows_per_pass: int) -> StageOutput:
+    """The encoder replica's batch: token-id rows -> CTX vectors (float32 on the wire: numpy has no bf16, and
+    bf16 -> fp32 -> bf16 is exact)."""
+    return encoder_pass(model, rows, rows_per_pass=rows_per_pass)
 
-    from causal2vec.model.io import load_for_stage
+
+def embeddings(model, pairs: list[tuple[DecoderItem, np.ndarray | None]], rows_per_pass: int) -> StageOutput:
+    """The decoder replica's batch: items and their CTX vectors -> embeddings, each with its own instruction and
+    normalisation."""
+    items = [item for item, _ in pairs]
+    ctx = [c for _, c in pairs] if model.config.use_ctx_token else None
+    return decoder_pass(model, [i.ids for i in items], ctx, instructions=[i.instruction for i in items],
+                        normalize=[i.normalize for i in items], rows_per_pass=rows_per_pass)
+
+
+def _load(spec: str, part: str, device: str | None, dtype: str | None, torch_threads: int | None):
+    import torch
 
     if torch_threads:
         torch.set_num_threads(torch_threads)
-    return load_for_stage(spec, device, dtype, part=part)
+    return load_model(spec, part, device=device, dtype=dtype)
 
 
 class _Stage:
@@ -117,6 +126,10 @@ class _Stage:
         """A cheap call the ingress's /health sends to see that a replica answers."""
         return True
 
+    def info(self) -> dict:
+        """Which part of the model this replica holds, and its parameters (an encoder replica loads no LLM)."""
+        return {"part": self.model.part, "parameters": sum(p.numel() for p in self.model.parameters())}
+
 
 @serve.deployment(name="ContextEncoder")
 class ContextEncoderDeployment(_Stage):
@@ -126,26 +139,18 @@ class ContextEncoderDeployment(_Stage):
 
     def __init__(self, model: str, device: str | None, dtype: str | None, *, max_batch_size: int,
                  batch_wait_timeout_s: float, torch_threads: int | None, rows_per_pass: int):
-        self.model, self.device = _load(model, device, dtype, torch_threads, part="encoder")
+        self.model = _load(model, "encoder", device, dtype, torch_threads)
         self.rows_per_pass = rows_per_pass
         self.embed.set_max_batch_size(max_batch_size)
         self.embed.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self._init_metrics()
 
-    def _context_vectors(self, rows: list[list[int]]) -> list[np.ndarray]:
-        import torch
-
-        # float32 on the wire: numpy has no bf16, and bf16 -> fp32 -> bf16 is exact
-        ctx = np.zeros((len(rows), self.model.hidden_size), np.float32)
-        for part in length_buckets([len(r) for r in rows], self.rows_per_pass):
-            batch = self.model.builder.encoder_batch([rows[i] for i in part]).to(self.device)
-            with torch.inference_mode():  # grad mode is per thread, and batches run in a worker thread
-                ctx[part] = self.model.context_vectors(batch).float().cpu().numpy()
-        return list(ctx)
+    def _run(self, rows: list[list[int]]) -> list[np.ndarray]:
+        return list(context_vectors(self.model, rows, self.rows_per_pass).vectors)
 
     @serve.batch(max_batch_size=_IMPORT_TIME_BATCH, batch_wait_timeout_s=_IMPORT_TIME_WAIT_S)
     async def embed(self, rows: list[list[int]]) -> list:
-        return await self._run_isolated(self._context_vectors, rows)
+        return await self._run_isolated(self._run, rows)
 
     async def __call__(self, ids: list[int]) -> np.ndarray:
         return self._raise_if_failed(await self.embed(ids))
@@ -158,8 +163,6 @@ class DecoderDeployment(_Stage):
     Batched by `padded_tokens` against `max_batch_tokens`; the number of items per batch is further capped by the
     replica's `max_ongoing_requests` (Serve never batches more items than a replica holds). Serve warns at start-up
     that max_batch_size exceeds max_ongoing_requests: expected here, where max_batch_size is a token budget.
-    A batch runs as length-sorted passes of `rows_per_pass` rows (items arrive in random length order), as the
-    bulk pipeline's stages do.
     """
 
     stage = "decoder"
@@ -168,8 +171,8 @@ class DecoderDeployment(_Stage):
                  batch_wait_timeout_s: float, torch_threads: int | None, rows_per_pass: int):
         from ray.serve.metrics import Histogram
 
-        self.model, self.device = _load(model, device, dtype, torch_threads)
-        self.spec, self.rows_per_pass = model, rows_per_pass
+        self.model = _load(model, "decoder", device, dtype, torch_threads)
+        self.rows_per_pass = rows_per_pass
         self.embed.set_max_batch_size(max_batch_tokens)
         self.embed.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self._init_metrics()
@@ -178,44 +181,22 @@ class DecoderDeployment(_Stage):
             boundaries=[64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536])
 
     def info(self) -> dict:
-        """What the ingress needs to know about the model without loading its weights; `identity` is what a
-        LanceDB table records about the model that wrote it (search refuses a table whose identity differs)."""
-        from causal2vec.embed import lancedb_store
-
+        """What the ingress needs to know about the model without loading its weights (it builds the model's
+        LanceDB identity from this and a probe text sent through both stages)."""
         config = self.model.config
-        return {"embedding_dim": self.model.embedding_dim, "fingerprint": config.fingerprint(),
+        return {**super().info(), "embedding_dim": self.model.embedding_dim, "fingerprint": config.fingerprint(),
                 "max_decoder_length": config.max_decoder_length, "max_encoder_length": config.max_encoder_length,
-                "identity": lancedb_store.model_identity(self.model, lancedb_store.model_name(self.spec))}
+                "dtype": str(self.model.dtype)}
 
-    def _embeddings(self, pairs: list[tuple[DecoderItem, np.ndarray | None]]) -> list[np.ndarray]:
-        import torch
-        import torch.nn.functional as F
-
-        model = self.model
-        default = model.config.normalize
-        out = np.zeros((len(pairs), model.embedding_dim), np.float32)
-        padded = 0
-        for part in length_buckets([item.tokens for item, _ in pairs], self.rows_per_pass):
-            items = [pairs[i][0] for i in part]
-            batch = model.builder.decoder_batch([i.ids for i in items], [i.instruction for i in items])
-            ctx = None
-            if model.config.use_ctx_token:
-                ctx = torch.from_numpy(np.stack([pairs[i][1] for i in part])).to(model.device, model.dtype)
-            with torch.inference_mode():  # grad mode is per thread, and batches run in a worker thread
-                pooled = model.embed_with_context(batch.to(model.device), ctx, normalize=False)
-            # per-item normalisation, as Causal2Vec.pool does it; one device-to-host copy per pass
-            rows = [F.normalize(row.float(), dim=-1).to(pooled.dtype)
-                    if (default if item.normalize is None else item.normalize) else row
-                    for row, item in zip(pooled, items)]
-            out[part] = torch.stack(rows).float().cpu().numpy()
-            padded += padded_tokens(items)
-        self._batch_tokens.observe(padded)
-        return list(out)
+    def _run(self, pairs: list[tuple[DecoderItem, np.ndarray | None]]) -> list[np.ndarray]:
+        out = embeddings(self.model, pairs, self.rows_per_pass)
+        self._batch_tokens.observe(out.padded_tokens)
+        return list(out.vectors)
 
     @serve.batch(max_batch_size=_IMPORT_TIME_BATCH, batch_wait_timeout_s=_IMPORT_TIME_WAIT_S,
                  batch_size_fn=lambda pairs: padded_tokens([item for item, _ in pairs]))
     async def embed(self, pairs: list[tuple[DecoderItem, np.ndarray | None]]) -> list:
-        return await self._run_isolated(self._embeddings, pairs)
+        return await self._run_isolated(self._run, pairs)
 
     async def __call__(self, item: DecoderItem, ctx: np.ndarray | None) -> np.ndarray:
         return self._raise_if_failed(await self.embed((item, ctx)))

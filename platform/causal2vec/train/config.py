@@ -5,18 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from causal2vec.errors import Causal2VecError
+from causal2vec.config import Pooling, Strict, absolute, absolute_if_exists, load
 from causal2vec.model.config import LoraSettings
-from causal2vec.yaml_config import read_config
+from causal2vec.model.sources import ModelSource
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class LoraSection(_Section):
+class LoraSection(Strict):
     """LoRA on the decoder: `enabled` plus the model library's LoraSettings, whose defaults these are."""
 
     enabled: bool = True
@@ -31,13 +27,13 @@ class LoraSection(_Section):
                             train_norms=self.train_norms)
 
 
-class ModelSection(_Section):
+class ModelSection(Strict):
     """Start from a preset or a saved model directory (`init`), or from HF encoder + decoder ids/paths."""
 
     init: str | None = "tiny"
     encoder: str | None = None
     decoder: str | None = None
-    pooling: Literal["concat", "last", "ctx", "mean"] | None = None
+    pooling: Pooling | None = None
     use_ctx_token: bool | None = None
     max_encoder_length: int | None = None
     max_decoder_length: int | None = None
@@ -59,8 +55,12 @@ class ModelSection(_Section):
         keys = ("pooling", "use_ctx_token", "max_encoder_length", "max_decoder_length", "eos_token")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
+    def source(self) -> ModelSource:
+        """The model a run starts from (LoRA and checkpointing are the loop's business)."""
+        return ModelSource(self.init, self.encoder, self.decoder, self.config_overrides())
 
-class TrainSource(_Section):
+
+class TrainSource(Strict):
     """One training dataset: pairs with `query`, `positive`, optional `negatives` (list) and `instruction`."""
 
     path: str
@@ -68,7 +68,7 @@ class TrainSource(_Section):
     instruction: str | None = None  # default query instruction for rows without their own
 
 
-class DevSection(_Section):
+class DevSection(Strict):
     """Periodic retrieval evaluation (nDCG@10) on a dev split during training."""
 
     corpus: str
@@ -79,14 +79,14 @@ class DevSection(_Section):
     every_steps: int = 0  # 0 = only at the end
 
 
-class DataSection(_Section):
+class DataSection(Strict):
     train: list[TrainSource]
     dev: DevSection | None = None
     num_hard_negatives: int = 0
     seed: int = 0
 
 
-class OptimSection(_Section):
+class OptimSection(Strict):
     lr_lora: float = 2e-4  # LoRA adapters on the decoder (or the full decoder when LoRA is off)
     lr_encoder: float = 5e-5  # the pretrained encoder, trained fully
     lr_projector: float | None = None  # the projector (random init), trained fully; None = lr_encoder
@@ -106,7 +106,7 @@ class OptimSection(_Section):
     symmetric: bool = False
 
 
-class DeepSpeedSection(_Section):
+class DeepSpeedSection(Strict):
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False
     offload_params: bool = False
@@ -115,7 +115,7 @@ class DeepSpeedSection(_Section):
     bf16: Literal["auto", True, False] = "auto"
 
 
-class RaySection(_Section):
+class RaySection(Strict):
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1
@@ -129,7 +129,7 @@ class RaySection(_Section):
     fail_at_step: int | None = None  # fault-injection for tests: rank 1 dies once at this step
 
 
-class TrainConfig(_Section):
+class TrainConfig(Strict):
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection
     optim: OptimSection = Field(default_factory=OptimSection)
@@ -152,25 +152,16 @@ class TrainConfig(_Section):
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config and apply `section.key=value` overrides (values parsed as YAML)."""
-    data = read_config(path, overrides)
-    try:
-        config = TrainConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise Causal2VecError(f"invalid training config: {problems}") from exc
+    config = load(TrainConfig, "training config", path=path, sets=overrides)
     # Ray Train workers run in another directory: make every local path absolute here, on the driver
-    config.ray.storage_path = _absolute(config.ray.storage_path)
+    config.ray.storage_path = absolute(config.ray.storage_path)
     for source in config.data.train:
-        source.path = _absolute(source.path)
+        source.path = absolute(source.path)
     if config.data.dev:
-        config.data.dev.corpus = _absolute(config.data.dev.corpus)
-        config.data.dev.queries = _absolute(config.data.dev.queries)
-    if config.model.init and Path(config.model.init).exists():
-        config.model.init = _absolute(config.model.init)
+        config.data.dev.corpus = absolute(config.data.dev.corpus)
+        config.data.dev.queries = absolute(config.data.dev.queries)
+    if config.model.init:
+        config.model.init = absolute_if_exists(config.model.init)
     if config.output_dir:
-        config.output_dir = _absolute(config.output_dir)
+        config.output_dir = absolute(config.output_dir)
     return config
-
-
-def _absolute(path: str) -> str:
-    return path if "://" in path else str(Path(path).expanduser().resolve())

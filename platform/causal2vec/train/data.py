@@ -1,8 +1,8 @@
 """Training pairs as Ray Datasets: read, validate (drop + count bad rows), tokenize in parallel tasks, collate.
 
-Rows: `query`, `positive`, optional `negatives: list<string>`, optional `instruction`. Tokenization runs in Ray
-Data tasks (raw ids, no layout); the workers' collate applies the model's layout and padding (BatchBuilder), so the
-data pipeline never needs the model's weights.
+Rows: `query`, `positive`, optional `negatives: list<string>`, optional `instruction`. Files are read by the one
+reader (readers.py), in parallel read tasks. Tokenization runs in Ray Data tasks (raw ids, no layout); the workers'
+collate applies the model's layout and padding (BatchBuilder), so the data pipeline never needs the model's weights.
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ import logging
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-
 import pyarrow as pa
 
+from causal2vec import readers
 from causal2vec.errors import Causal2VecError
-from causal2vec.model.tokenization import Batch, length_buckets
+from causal2vec.model.inference import length_buckets
+from causal2vec.model.sources import ModelSource, load_builder
+from causal2vec.model.tokenization import Batch
 
 log = logging.getLogger(__name__)
 
@@ -24,18 +25,13 @@ TOKEN_COLUMNS = ("q_enc", "q_dec", "p_enc", "p_dec", "n_enc", "n_dec")
 
 
 def read_pairs(path: str):
-    """A Ray Dataset of a parquet or jsonl file (or a directory / glob of them)."""
+    """A Ray Dataset of training pairs: a file, a directory or a glob of them (parquet, jsonl, ...)."""
     import ray.data
 
-    p = Path(path)
-    suffix = (p.suffix if p.suffix else next((f.suffix for f in sorted(p.glob("*")) if f.is_file()), "")).lower()
-    if not p.exists() and not any(ch in path for ch in "*?["):
-        raise Causal2VecError(f"training data {path!r}: no such file or directory")
-    if suffix == ".parquet":
-        return ray.data.read_parquet(path)
-    if suffix in (".jsonl", ".json"):
-        return ray.data.read_json(path)  # pyarrow reads newline-delimited JSON
-    raise Causal2VecError(f"training data {path!r}: use .parquet or .jsonl files")
+    files = readers.expand([path], what="training data")
+    units = readers.units(files)
+    return ray.data.from_items(units, override_num_blocks=len(units)).map_batches(
+        readers.read_units, batch_size=1, batch_format="pyarrow", fn_kwargs={"files": files})
 
 
 @dataclass
@@ -46,10 +42,10 @@ class PreparedSource:
     dropped: int
 
 
-def prepare_source(path: str, name: str, model_spec: dict, *, num_negatives: int,
+def prepare_source(path: str, name: str, model: ModelSource, *, num_negatives: int,
                    default_instruction: str | None) -> PreparedSource:
     """Validate and tokenize one training file; materialized so the run can count it and stream it per epoch."""
-    raw = read_pairs(path)
+    raw = read_pairs(path).materialize()  # read once: the checks, the count and tokenizing all use it
     columns = raw.columns()
     missing = {"query", "positive"} - set(columns)
     if missing:
@@ -60,7 +56,7 @@ def prepare_source(path: str, name: str, model_spec: dict, *, num_negatives: int
                               "`negatives` list column (see `causal2vec mine-negatives`)")
     total = raw.count()
     tokenized = raw.map_batches(
-        TokenizePairs, fn_constructor_kwargs=dict(model_spec=model_spec, num_negatives=num_negatives,
+        TokenizePairs, fn_constructor_kwargs=dict(model=model, num_negatives=num_negatives,
                                               default_instruction=default_instruction),
         batch_format="pyarrow", batch_size=256, compute=_actor_pool()).materialize()
     rows = tokenized.count()
@@ -72,15 +68,6 @@ def prepare_source(path: str, name: str, model_spec: dict, *, num_negatives: int
     return PreparedSource(name, tokenized, rows, total - rows)
 
 
-def builder_for(model_spec: dict):
-    """BatchBuilder from trainer.model_spec(): a preset / saved directory, or HF encoder + decoder ids."""
-    from causal2vec.model.io import load_builder, load_builder_for_ids
-
-    if model_spec["init"]:
-        return load_builder(model_spec["init"], **model_spec["overrides"])
-    return load_builder_for_ids(model_spec["encoder"], model_spec["decoder"], **model_spec["overrides"])
-
-
 def _actor_pool():
     from ray.data import ActorPoolStrategy
 
@@ -88,14 +75,14 @@ def _actor_pool():
 
 
 def _ok(text) -> bool:
-    return isinstance(text, str) and bool(text.strip())
+    return readers.text_problem(text) is None
 
 
 class TokenizePairs:
     """Ray Data callable class: loads the tokenizers once per actor, drops bad rows, emits raw token ids."""
 
-    def __init__(self, model_spec: dict, num_negatives: int, default_instruction: str | None):
-        self.builder = builder_for(model_spec)
+    def __init__(self, model: ModelSource, num_negatives: int, default_instruction: str | None):
+        self.builder = load_builder(model)
         self.h = num_negatives
         self.default_instruction = default_instruction
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from causal2vec.model.causal2vec import load_model
+from causal2vec.model.inference import in_input_order
 from causal2vec.train.config import TrainConfig
 from causal2vec.train.data import TrainBatch, collate, epoch_schedule, iterate_epoch
 from causal2vec.train.loss import info_nce
@@ -44,14 +46,8 @@ class TrainState:
 
 def build_model(config: TrainConfig):
     """The model a run starts from, identical on every rank (presets are seeded, saved dirs are files)."""
-    from causal2vec.model import Causal2Vec, Causal2VecConfig
-
     m = config.model
-    if m.init:
-        model = Causal2Vec.from_pretrained(m.init, device="cpu", dtype="fp32", **m.config_overrides())
-    else:
-        model = Causal2Vec.from_config(Causal2VecConfig(encoder=m.encoder, decoder=m.decoder,
-                                                        **m.config_overrides()), device="cpu", dtype="fp32")
+    model = load_model(m.source(), device="cpu", dtype="fp32")
     if m.lora.enabled and not model.has_lora:
         model.enable_lora(m.lora.settings())
     if m.gradient_checkpointing:
@@ -232,11 +228,8 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
 
 def embed_passes(model, batch: TrainBatch, device) -> torch.Tensor:
     """Embeddings of every row of the micro-batch, in row order, one differentiable forward per pass."""
-    parts, rows = [], []
-    for index, part in batch.passes:
-        parts.append(model(part.to(device)).float())
-        rows += index
-    return torch.cat(parts)[torch.tensor(rows, device=device).argsort()]
+    return in_input_order([rows for rows, _ in batch.passes],
+                          [model(part.to(device)).float() for _, part in batch.passes])
 
 
 def _epochs(shards, batches_per_source: list[int], micro_per_epoch: int, config: TrainConfig, state: TrainState):

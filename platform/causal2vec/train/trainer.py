@@ -10,12 +10,6 @@ from causal2vec.train.data import prepare_source
 log = logging.getLogger(__name__)
 
 
-def model_spec(config: TrainConfig) -> dict:
-    """What a tokenize task needs to build the model's BatchBuilder (tokenizers + config, no weights)."""
-    m = config.model
-    return {"init": m.init, "encoder": m.encoder, "decoder": m.decoder, "overrides": m.config_overrides()}
-
-
 def run_training(config: TrainConfig):
     """Fit and return Ray Train's Result (`return_value` holds rank 0's history and export directory)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -25,7 +19,7 @@ def run_training(config: TrainConfig):
 
     sources, datasets = [], {}
     for i, source in enumerate(config.data.train):
-        prepared = prepare_source(source.path, source.name or f"train{i}", model_spec(config),
+        prepared = prepare_source(source.path, source.name or f"train{i}", config.model.source(),
                                   num_negatives=config.data.num_hard_negatives,
                                   default_instruction=source.instruction)
         log.info("%s: %d training rows (%d dropped)", prepared.name, prepared.rows, prepared.dropped)
