@@ -219,6 +219,20 @@ async def _awaited(response):
     return await response
 
 
+def test_each_replica_loads_only_its_part_of_the_model(serve_url, tiny):
+    """The encoder replica holds no decoder weights and the decoder replica no encoder: counted in the replicas."""
+    from ray import serve
+
+    def parameters(module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    encoder = serve.get_deployment_handle("ContextEncoder", APP).info.remote().result()
+    decoder = serve.get_deployment_handle("Decoder", APP).info.remote().result()
+    assert encoder == {"part": "encoder", "parameters": parameters(tiny.context_encoder)}
+    assert (decoder["part"], decoder["parameters"]) == ("decoder", parameters(tiny.decoder))
+    assert encoder["parameters"] + decoder["parameters"] == parameters(tiny)
+
+
 def test_health_and_metrics(serve_url):
     health = httpx.get(f"{serve_url}/health", timeout=60)
     assert health.status_code == 200 and health.json()["status"] == "ok"

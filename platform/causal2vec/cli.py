@@ -42,7 +42,8 @@ def _cmd_embed(args: argparse.Namespace) -> None:
     if args.input:
         table = readers.read_table(args.input, readers.format_of(args.input) or "text", what="--input")
         if "text" not in table.column_names:
-            raise Causal2VecError(f"--input {args.input!r}: no `text` column (columns: {', '.join(table.column_names)})")
+            raise Causal2VecError(f"--input {args.input!r}: no `text` column "
+                                  f"(columns: {', '.join(table.column_names)})")
         texts += table["text"].to_pylist()
     if not texts:
         raise Causal2VecError("nothing to embed: pass texts as arguments or --input FILE (one text per line)")

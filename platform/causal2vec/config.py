@@ -67,8 +67,9 @@ def _shown(name: str, flags: dict[str, str] | None) -> str:
     if flags is None:
         return name
     path = ".".join(p for p in name.split(".") if not p.isdigit())  # `input.0` is the --input flag
-    flag = flags.get(path, "--" + path.replace("_", "-"))
-    return f"{flag} ({path})" if "." in path else flag
+    if path not in flags:  # a key with no flag (e.g. misspelt in a YAML file)
+        return path if "." in path else "--" + path.replace("_", "-")
+    return f"{flags[path]} ({path})" if "." in path else flags[path]
 
 
 def load(cls: type[M], what: str, *, path: str | Path | None = None, data: dict[str, Any] | None = None,
@@ -130,29 +131,29 @@ def absolute_if_exists(name: str) -> str:
 
 
 # -- command-line flags from typed fields ---------------------------------------------------------------------------
-def add_flags(parser: argparse.ArgumentParser, cls: type[BaseModel], *, prefix: str = "",
-              defaults: BaseModel | None = None) -> dict[str, str]:
+def add_flags(parser: argparse.ArgumentParser, cls: type[BaseModel], *, prefix: str = "") -> dict[str, str]:
     """One flag per typed field of `cls`, and per field of its sections as `--section-field`; returns
     {field path: flag}, also kept on the parser for `flag_values`.
 
     The help is the field's description. Literal fields get choices, bool fields become switches (`--name` when
     off by default, `--no-name` when on), list fields take several values. A field's `json_schema_extra` may rename
-    its flag (`{"flag": "cpus"}`) or give a metavar; dict fields stay YAML-only."""
+    its flag (`{"flag": "cpus"}`) or give a metavar; dict fields stay YAML-only. A section's defaults are its own
+    class's (a section given in part, by flag or YAML, fills the rest from them)."""
     flags: dict[str, str] = {}
     for name, field in cls.model_fields.items():
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         path, flag = f"{prefix}{name}", f"{prefix.replace('.', '-')}{extra.get('flag', name)}".replace("_", "-")
-        default = getattr(defaults, name) if defaults is not None else field.get_default(call_default_factory=True)
+        default = field.get_default(call_default_factory=True)
         kind = _one_type(field.annotation)
         if isinstance(kind, type) and issubclass(kind, BaseModel):
-            flags |= add_flags(parser, kind, prefix=f"{path}.", defaults=default)
+            flags |= add_flags(parser, kind, prefix=f"{path}.")
             continue
         kwargs = _argparse_kwargs(kind, default)
         if kwargs is None:
             continue
         if kind is bool and default is True:
             flag = f"no-{flag}"
-        shown = kind is not bool and default not in (None, "")
+        shown = kind is not bool and not field.is_required() and default not in (None, "", [])
         help_text = (field.description or "") + (f" (default {default})" if shown else "")
         if "choices" not in kwargs and kind is not bool:
             kwargs["metavar"] = extra.get("metavar", name.upper())

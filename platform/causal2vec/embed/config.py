@@ -16,7 +16,7 @@ from causal2vec.store.tables import parse_spec
 class TokenizeSection(Strict):
     """An actor pool without GPUs. concurrency: a fixed size, or `min-max` (the pool autoscales between them)."""
 
-    concurrency: str = Field("1", description="actor pool size: N, or MIN-MAX to autoscale",
+    concurrency: str = Field("1-2", description="actor pool size: N, or MIN-MAX to autoscale",
                              json_schema_extra={"metavar": "N|MIN-MAX"})
     num_cpus: float = Field(1.0, description="CPUs per actor", json_schema_extra={"flag": "cpus"})
 
@@ -39,6 +39,8 @@ class TokenizeSection(Strict):
 class StageSection(TokenizeSection):
     """A model stage's actor pool."""
 
+    concurrency: str = Field("1", description="actor pool size: N, or MIN-MAX to autoscale",
+                             json_schema_extra={"metavar": "N|MIN-MAX"})
     num_gpus: float = Field(0.0, description="GPUs per actor (fractions allowed)", json_schema_extra={"flag": "gpus"})
 
 
@@ -59,7 +61,7 @@ class EmbedConfig(Strict):
     sub_batch_size: int = Field(32, ge=1, description="rows per forward pass, after sorting by length")
     bucket: bool = Field(True, description="sort each batch's rows by length before cutting passes (--no-bucket: "
                                            "input order, for benchmarks)")
-    tokenize: TokenizeSection = Field(default_factory=lambda: TokenizeSection(concurrency="1-2"))
+    tokenize: TokenizeSection = Field(default_factory=TokenizeSection)
     encoder: StageSection = Field(default_factory=StageSection)
     decoder: StageSection = Field(default_factory=StageSection)  # also the fused stage's resources
     commit_rows: int = Field(2048, ge=1, description="rows per LanceDB commit (what a killed job keeps)")

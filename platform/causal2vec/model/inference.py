@@ -68,7 +68,7 @@ def decoder_pass(model, token_ids: Sequence[Sequence[int]], ctx: np.ndarray | Se
     builder, out, n = model.builder, _Rows(len(token_ids)), len(token_ids)
     instructions = per_text(instructions, n)
     flags = _normalize_flags(normalize, model.config.normalize, n)
-    ctx = torch.from_numpy(np.asarray(ctx, dtype=np.float32)) if ctx is not None and n else None
+    ctx = torch.from_numpy(np.array(ctx, dtype=np.float32)) if ctx is not None and n else None  # a writable copy
 
     def step(rows: list[int]) -> torch.Tensor:
         batch = out.record(rows, builder.decoder_batch([token_ids[i] for i in rows], [instructions[i] for i in rows]))

@@ -20,22 +20,29 @@ from causal2vec.model.config import Causal2VecConfig
 from causal2vec.readers import text_problem
 
 
-@dataclass
-class EncoderBatch:
-    input_ids: torch.Tensor  # [B, S]
-    attention_mask: torch.Tensor  # [B, S]
-    truncated: list[bool]
+class _Padded:
+    """What both padded batches offer: their real token count, and a copy on another device."""
+
+    attention_mask: torch.Tensor
 
     @property
     def num_tokens(self) -> int:
         return int(self.attention_mask.sum())
 
-    def to(self, device: torch.device | str) -> EncoderBatch:
-        return _move(self, device)
+    def to(self, device: torch.device | str):
+        return type(self)(**{f.name: (v.to(device) if isinstance(v := getattr(self, f.name), torch.Tensor) else v)
+                             for f in fields(self)})
 
 
 @dataclass
-class DecoderBatch:
+class EncoderBatch(_Padded):
+    input_ids: torch.Tensor  # [B, S]
+    attention_mask: torch.Tensor  # [B, S]
+    truncated: list[bool]
+
+
+@dataclass
+class DecoderBatch(_Padded):
     input_ids: torch.Tensor  # [B, T]
     attention_mask: torch.Tensor  # [B, T]
     position_ids: torch.Tensor  # [B, T], explicit: HF decoders do not derive them from the mask
@@ -43,13 +50,6 @@ class DecoderBatch:
     eos_index: torch.Tensor  # [B]
     pool_mask: torch.Tensor  # [B, T] bool: the positions `mean` pooling averages (CTX .. EOS)
     truncated: list[bool]
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.attention_mask.sum())
-
-    def to(self, device: torch.device | str) -> DecoderBatch:
-        return _move(self, device)
 
 
 @dataclass
@@ -64,11 +64,6 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(self.encoder.to(device) if self.encoder is not None else None, self.decoder.to(device))
-
-
-def _move(batch, device):
-    return type(batch)(**{f.name: (v.to(device) if isinstance(v := getattr(batch, f.name), torch.Tensor) else v)
-                          for f in fields(batch)})
 
 
 class BatchBuilder:

@@ -65,18 +65,23 @@ def embeddings(model, pairs: list[tuple[DecoderItem, np.ndarray | None]], rows_p
                         normalize=[i.normalize for i in items], rows_per_pass=rows_per_pass)
 
 
-def _load(spec: str, part: str, device: str | None, dtype: str | None, torch_threads: int | None):
-    import torch
-
-    if torch_threads:
-        torch.set_num_threads(torch_threads)
-    return load_model(spec, part, device=device, dtype=dtype)
-
-
 class _Stage:
-    """What both stages share: metrics, and running a batch so one bad item cannot fail its neighbours."""
+    """What both stages share: loading their part of the model, metrics, and running a batch so one bad item cannot
+    fail its neighbours."""
 
-    stage = "stage"
+    stage = "stage"  # "encoder" or "decoder": also the part of the model the replica loads
+
+    def _start(self, model: str, device: str | None, dtype: str | None, torch_threads: int | None,
+               rows_per_pass: int, max_batch_size: int, batch_wait_timeout_s: float) -> None:
+        import torch
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.model = load_model(model, self.stage, device=device, dtype=dtype)
+        self.rows_per_pass = rows_per_pass
+        self.embed.set_max_batch_size(max_batch_size)
+        self.embed.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self._init_metrics()
 
     def _init_metrics(self) -> None:
         from ray.serve.metrics import Counter, Histogram
@@ -139,11 +144,7 @@ class ContextEncoderDeployment(_Stage):
 
     def __init__(self, model: str, device: str | None, dtype: str | None, *, max_batch_size: int,
                  batch_wait_timeout_s: float, torch_threads: int | None, rows_per_pass: int):
-        self.model = _load(model, "encoder", device, dtype, torch_threads)
-        self.rows_per_pass = rows_per_pass
-        self.embed.set_max_batch_size(max_batch_size)
-        self.embed.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        self._init_metrics()
+        self._start(model, device, dtype, torch_threads, rows_per_pass, max_batch_size, batch_wait_timeout_s)
 
     def _run(self, rows: list[list[int]]) -> list[np.ndarray]:
         return list(context_vectors(self.model, rows, self.rows_per_pass).vectors)
@@ -171,11 +172,7 @@ class DecoderDeployment(_Stage):
                  batch_wait_timeout_s: float, torch_threads: int | None, rows_per_pass: int):
         from ray.serve.metrics import Histogram
 
-        self.model = _load(model, "decoder", device, dtype, torch_threads)
-        self.rows_per_pass = rows_per_pass
-        self.embed.set_max_batch_size(max_batch_tokens)
-        self.embed.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        self._init_metrics()
+        self._start(model, device, dtype, torch_threads, rows_per_pass, max_batch_tokens, batch_wait_timeout_s)
         self._batch_tokens = Histogram(
             "causal2vec_batch_padded_tokens", description="Padded decoder tokens per executed batch.",
             boundaries=[64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536])
