@@ -59,8 +59,8 @@ def build_model(size: str, dtype: torch.dtype, device: str):
                                           max_decoder_length=4096)
 
     from causal2vec.model.config import Causal2VecConfig
-    from causal2vec.model import assemble
     from causal2vec.model.build import seeded
+    from causal2vec.model.causal2vec import assemble
     from causal2vec.model.presets import minilm_path
 
     tok = AutoTokenizer.from_pretrained(minilm_path())
