@@ -92,7 +92,7 @@ def read_unit(unit: dict[str, int], files: list[InputFile], layout: Layout) -> p
 
 def row_problem(doc_id: str | None, text: str | None) -> str | None:
     """Why a row cannot be embedded: a missing id, or what readers.text_problem says of its text."""
-    return "missing id" if doc_id is None or not doc_id.strip() else readers.text_problem(text)
+    return "missing id" if readers.text_problem(doc_id) else readers.text_problem(text)
 
 
 def _as_strings(column, f: InputFile, flag: str) -> pa.Array:

@@ -28,6 +28,7 @@ from ray import serve
 from causal2vec import store
 from causal2vec.errors import Causal2VecError
 from causal2vec.model.sources import ModelSource, load_builder
+from causal2vec.readers import text_problem
 from causal2vec.serve.config import ServeArgs
 from causal2vec.serve.deployments import DecoderItem
 from causal2vec.serve.protocol import (APIError, EmbeddingRequest, SearchRequest, awaitable, encode_vector, jsonable,
@@ -278,8 +279,8 @@ class EmbeddingAPI:
         self._check_model(body.model)
         if not self.args.lancedb_uri:
             raise APIError(404, "search is not configured on this server (no lancedb_uri)", code="no_search")
-        if not body.query.strip():
-            raise APIError(400, "`query` is empty", param="query")
+        if problem := text_problem(body.query):
+            raise APIError(400, f"`query` is {problem}", param="query")
         table = await asyncio.to_thread(self._table, body.table)
         instruction = self._instruction(body.instruction, body.task)
         vector = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from causal2vec.config import SEARCH_MODES
 from causal2vec.errors import Causal2VecError
+from causal2vec.readers import text_problem
 from causal2vec.store.identity import check_model
 from causal2vec.store.indexes import DISTANCE, has_fts
 from causal2vec.store.tables import open_table
@@ -24,8 +25,8 @@ def search(table, model, query: str, k: int = 10, mode: str = "vector", filter: 
         table = open_table(table)
     if mode not in SEARCH_MODES:
         raise Causal2VecError(f"search mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
-    if not isinstance(query, str) or not query.strip():
-        raise Causal2VecError("the search query is empty; pass a non-empty string")
+    if problem := text_problem(query):
+        raise Causal2VecError(f"the search query is {problem}; pass a non-empty string")
     if not isinstance(k, int) or k < 1:
         raise Causal2VecError(f"k must be a positive integer, got {k!r}")
     identity = check_model(table, model)
