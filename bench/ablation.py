@@ -19,10 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 from common import RESULTS, command, hardware, pyplot
-from train_quality import ROOT, TASK, training_pairs
+from train_quality import ROOT, TASK, one_pass_pairs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -102,10 +101,7 @@ def main() -> int:
     model = load_config(args.config, args.set).model.init
     work = (args.work or ROOT / "bench" / "work" / f"ablation_{model}").resolve()
     work.mkdir(parents=True, exist_ok=True)
-    all_pairs = pq.read_table(training_pairs(args.data, "train", work.parent / "train_quality" / "train_pairs.parquet"))
-    budget = args.steps * 2 * args.micro_batch  # exactly one pass: every variant sees the same pairs once
-    pairs = work / f"pairs_{budget}.parquet"
-    pq.write_table(all_pairs.take(np.random.default_rng(0).permutation(all_pairs.num_rows)[:budget]), pairs)
+    pairs = one_pass_pairs(args.data, work, args.steps, args.micro_batch)  # every variant sees the same pairs once
 
     import ray
 

@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 from common import RESULTS, command, hardware, pyplot
-from train_quality import ROOT, TASK, training_pairs
+from train_quality import ROOT, TASK, one_pass_pairs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -170,10 +169,8 @@ def main() -> int:
     todo = {name: EXPERIMENTS[name] for name in args.experiments}
     todo |= {name: ("ad hoc", sets) for name, *sets in args.custom}
 
-    all_pairs = pq.read_table(training_pairs(args.data, "train", work.parent / "train_quality" / "train_pairs.parquet"))
-    budget = args.steps * 2 * args.micro_batch  # exactly one pass: every experiment sees the same pairs once
-    pairs = work / f"pairs_{budget}.parquet"
-    pq.write_table(all_pairs.take(np.random.default_rng(0).permutation(all_pairs.num_rows)[:budget]), pairs)
+    pairs = one_pass_pairs(args.data, work, args.steps, args.micro_batch)  # every experiment sees the same pairs once
+    budget = args.steps * 2 * args.micro_batch
 
     import ray
 

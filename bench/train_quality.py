@@ -52,6 +52,18 @@ def training_pairs(data: Path, split: str, out: Path) -> Path:
     return out
 
 
+def one_pass_pairs(data: Path, work: Path, steps: int, micro_batch: int) -> Path:
+    """`steps` x 2 workers x `micro_batch` training pairs drawn once (seed 0), so that every variant of a comparison
+    sees the same pairs exactly once (bench/ablation.py, bench/recipe.py)."""
+    import numpy as np
+
+    all_pairs = pq.read_table(training_pairs(data, "train", work.parent / "train_quality" / "train_pairs.parquet"))
+    budget = steps * 2 * micro_batch
+    pairs = work / f"pairs_{budget}.parquet"
+    pq.write_table(all_pairs.take(np.random.default_rng(0).permutation(all_pairs.num_rows)[:budget]), pairs)
+    return pairs
+
+
 def train(args, work: Path, pairs: Path) -> dict:
     overrides = {
         "data.train": json.dumps([{"path": str(pairs), "instruction": f"Instruct: {TASK}\nQuery: "}]),
