@@ -45,11 +45,15 @@ def test_encode_the_bulk_stages_and_the_serve_stages_share_the_runner(tiny, runn
     runner_calls.clear()
     stage = dict(model="tiny", device="cpu", dtype="fp32", sub_batch_size=ROWS_PER_PASS, bucket=True)
     tokens = TokenizeStage("tiny", use_encoder=True)(pa.table({"text": TEXTS}))
-    split = DecoderStage(**stage)(EncoderStage(**stage)(tokens))
+    encoder_stage, decoder_stage = EncoderStage(**stage), DecoderStage(**stage)
+    split = decoder_stage(encoder_stage(tokens))
     fused = FusedStage(**stage)(pa.table({"text": TEXTS}))
     assert runner_calls == [n, n, n, n], "bulk: encoder stage, decoder stage, fused stage (both passes)"
     np.testing.assert_array_equal(vector_rows(split["vector"]), encoded)
     np.testing.assert_array_equal(vector_rows(fused["vector"]), encoded)
+    # the bulk actors hold only their part: no decoder weights in the encoder actor, no encoder in the decoder actor
+    assert encoder_stage.model.decoder is None and _parameters(encoder_stage.model) == _parameters(tiny.context_encoder)
+    assert decoder_stage.model.context_encoder is None and _parameters(decoder_stage.model) == _parameters(tiny.decoder)
 
     runner_calls.clear()
     builder = tiny.builder
