@@ -56,7 +56,8 @@ def test_serve_verb_serves_the_app_until_interrupted(ray_session, tiny, tmp_path
     port = free_port()
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     cmd = [CLI, "serve", "--config", str(ROOT / "serve_configs" / "local.yaml"), "--port", str(port), "--name",
-           "cli-serve", "--served-model-name", "cli-tiny", "--decoder-rows-per-pass", "2",
+           "cli-serve", "--model", "tiny", "--dtype", "fp32", "--served-model-name", "cli-tiny",
+           "--decoder-rows-per-pass", "2",
            "--set", "encoder.autoscaling_config.max_replicas=1", "--set", "decoder.autoscaling_config.max_replicas=1"]
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
