@@ -16,12 +16,11 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 from common import RESULTS, command, hardware, pyplot
-from train_quality import ROOT, TASK, one_pass_pairs
+from train_quality import ROOT, TASK, budget_run, one_pass_pairs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -34,21 +33,11 @@ VARIANTS = {  # name -> model overrides
 
 
 def train_variant(args, name: str, overrides: dict, pairs: Path, work: Path) -> dict:
-    from causal2vec.train.config import load_config
-    from causal2vec.train.trainer import run_training
-
-    slug = "".join(c if c.isalnum() else "-" for c in name.split(" (")[0] + "-" + str(overrides["use_ctx_token"]))
-    sets = args.set + [f"model.{k}={str(v).lower()}" for k, v in overrides.items()] + (
-        [] if overrides["use_ctx_token"] else ["optim.align_steps=0"]) + [
-        f"data.train=[{{path: '{pairs}', instruction: \"Instruct: {TASK}\\nQuery: \"}}]", "data.dev=null",
-        f"optim.max_steps={args.steps}", f"optim.micro_batch_size={args.micro_batch}",
-        f"ray.storage_path={work / 'runs'}", f"ray.name=ablation-{slug}", f"output_dir={work / slug}",
-        f"ray.checkpoint_every_steps={args.steps}", f"ray.report_every_steps={max(1, args.steps // 4)}"]
-    config = load_config(args.config, sets)
-    started = time.perf_counter()
-    result = run_training(config)
-    summary = result.return_value
-    return {"overrides": overrides, "train_s": round(time.perf_counter() - started, 1),
+    sets = [f"model.{k}={str(v).lower()}" for k, v in overrides.items()] + (
+        [] if overrides["use_ctx_token"] else ["optim.align_steps=0"]) + args.set
+    summary = budget_run(args.config, f"ablation-{name.split(' (')[0]}-{overrides['use_ctx_token']}", pairs, work,
+                         steps=args.steps, micro_batch=args.micro_batch, sets=sets, reports=4)
+    return {"overrides": overrides, "train_s": summary["train_s"],
             "final_loss": summary["history"][-1]["loss"], "export_dir": summary["export_dir"]}
 
 

@@ -18,12 +18,11 @@ import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from common import RESULTS, command, hardware, pyplot
-from train_quality import ROOT, TASK, one_pass_pairs
+from train_quality import ROOT, TASK, budget_run, one_pass_pairs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -57,20 +56,11 @@ EXPERIMENTS: dict[str, tuple[str, list[str]]] = {
 
 
 def train(args, name: str, sets: list[str], pairs: Path, work: Path) -> dict:
-    from causal2vec.train.config import load_config
-    from causal2vec.train.trainer import run_training
-
-    slug = "".join(c if c.isalnum() else "-" for c in name)
-    base = [f"data.train=[{{path: '{pairs}', instruction: \"Instruct: {TASK}\\nQuery: \"}}]", "data.dev=null",
-            f"optim.max_steps={args.steps}", f"optim.micro_batch_size={args.micro_batch}",
-            f"ray.storage_path={work / 'runs'}", f"ray.name=recipe-{slug}", f"output_dir={work / slug}",
-            f"ray.checkpoint_every_steps={args.steps}", f"ray.report_every_steps={max(1, args.steps // 10)}"]
-    config = load_config(args.config, base + sets)
-    started = time.perf_counter()
-    summary = run_training(config).return_value
+    summary = budget_run(args.config, f"recipe-{name}", pairs, work, steps=args.steps, micro_batch=args.micro_batch,
+                         sets=sets)
     history = summary["history"]
     steady = [h for h in history[1:] if "samples_per_s" in h] or history
-    return {"sets": sets[len(args.common):], "train_s": round(time.perf_counter() - started, 1),
+    return {"sets": sets[len(args.common):], "train_s": summary["train_s"],
             "samples_per_s": round(float(np.mean([h["samples_per_s"] for h in steady])), 3),
             "peak_memory_gb": max(h.get("peak_memory_gb", 0) for h in history),
             "loss": [(h["step"], round(h["loss"], 4)) for h in history if "loss" in h],

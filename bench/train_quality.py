@@ -64,6 +64,23 @@ def one_pass_pairs(data: Path, work: Path, steps: int, micro_batch: int) -> Path
     return pairs
 
 
+def budget_run(config: Path, name: str, pairs: Path, work: Path, *, steps: int, micro_batch: int,
+               sets: list[str], reports: int = 10) -> dict:
+    """One experiment through the real job, in this process (Ray already up): `pairs` seen once, no dev evaluation,
+    one checkpoint at the end; `sets` go last, so they win. The job's summary plus `train_s`."""
+    from causal2vec.train.config import load_config
+    from causal2vec.train.trainer import run_training
+
+    slug = "".join(c if c.isalnum() else "-" for c in name)
+    base = [f"data.train=[{{path: '{pairs}', instruction: \"Instruct: {TASK}\\nQuery: \"}}]", "data.dev=null",
+            f"optim.max_steps={steps}", f"optim.micro_batch_size={micro_batch}",
+            f"ray.storage_path={work / 'runs'}", f"ray.name={slug}", f"output_dir={work / slug}",
+            f"ray.checkpoint_every_steps={steps}", f"ray.report_every_steps={max(1, steps // reports)}"]
+    started = time.perf_counter()
+    summary = run_training(load_config(config, base + sets)).return_value
+    return summary | {"train_s": round(time.perf_counter() - started, 1)}
+
+
 def train(args, work: Path, pairs: Path) -> dict:
     overrides = {
         "data.train": json.dumps([{"path": str(pairs), "instruction": f"Instruct: {TASK}\nQuery: "}]),
