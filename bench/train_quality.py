@@ -3,11 +3,12 @@ the real job, and score it on the whole test split against the whole corpus, nex
 
 Trains through `jobs/train.py` (Ray Train + DeepSpeed, exactly what `ray job submit` runs). The anchor is
 all-MiniLM-L6-v2 fine-tuned alone with sentence-transformers on the same pairs file, the same number of pairs, the
-same global batch and temperature (bench/anchor.py): the bar the decoder has to clear. Both are scored by the same
+same global batch and max length, at its own default temperature (bench/anchor.py): the bar the decoder has to
+clear. `--corpus-size` scores against judged documents plus distractors instead (partial; baselines left out). Both are scored by the same
 evaluator in the same run; the data set's reference baselines (BM25, MiniLM zero-shot) sit beside them. Writes
 bench/results/train_quality_<model>.json and a PNG with the training curve.
 
-    python bench/train_quality.py --data ../shared/data/debian-pkgs --max-steps 300
+    python bench/train_quality.py --data ../shared/data/debian-pkgs --max-steps 200 --set model.gradient_checkpointing=true
     python bench/train_quality.py --data ../shared/data/debian-pkgs --skip-train   # re-score an exported model
 """
 
