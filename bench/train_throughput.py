@@ -54,7 +54,8 @@ def ray_run(args, workers: int, threads: int) -> dict:
 def plain_run(args, threads: int) -> dict:
     """What the Ray loop does per step, without Ray, DeepSpeed or a process group."""
     from causal2vec.train.data import TokenizePairs, collate
-    from causal2vec.train.loop import build_model, cpu_autocast, embed_passes, lr_lambda, parameter_groups
+    from causal2vec.train.loop import build_model, embed_passes
+    from causal2vec.train.optim import cpu_autocast, lr_lambda, parameter_groups
     from causal2vec.train.loss import info_nce
 
     torch.set_num_threads(threads)
