@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 from common import RESULTS, command, hardware, pyplot
-from train_quality import ROOT, TASK, budget_run, one_pass_pairs
+from train_quality import ROOT, budget_run, debian_task, one_pass_pairs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -43,11 +43,9 @@ def train_variant(args, name: str, overrides: dict, pairs: Path, work: Path) -> 
 
 def score(args, model_dir: str) -> dict:
     from causal2vec import Causal2Vec
-    from causal2vec.eval.retrieval import RetrievalTask, evaluate
+    from causal2vec.eval.retrieval import evaluate
 
-    task = RetrievalTask.from_files(args.data / "corpus.parquet", args.data / "test.parquet", name="debian-test",
-                                    description=TASK, corpus_id="doc_id", limit_queries=args.test_queries)
-    task = task.with_corpus_limit(args.corpus_size)
+    task = debian_task(args.data, "test", args.test_queries, args.corpus_size)
     model = Causal2Vec.from_pretrained(model_dir, dtype=args.eval_dtype)
     return evaluate(model, task, batch_size=64)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from common import RESULTS, command, hardware, pyplot
-from train_quality import ROOT, TASK, budget_run, one_pass_pairs
+from train_quality import ROOT, budget_run, debian_task, one_pass_pairs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -79,21 +79,13 @@ def run_anchor(args, pairs: Path, work: Path, budget: int) -> dict:
     return row
 
 
-def dev_task(args):
-    from causal2vec.eval.retrieval import RetrievalTask
-
-    task = RetrievalTask.from_files(args.data / "corpus.parquet", args.data / "dev.parquet", name="debian-dev",
-                                    description=TASK, corpus_id="doc_id", limit_queries=args.dev_queries)
-    return task.with_corpus_limit(args.corpus_size)
-
-
 def score(args, model) -> dict:
     """dev metrics of a model directory (loaded in --eval-dtype) or of a loaded model. For a concat model, also each
     half on its own (`ctx`: h_ctx alone, `eos`: h_eos alone): which half carries the retrieval signal."""
     from causal2vec import Causal2Vec
     from causal2vec.eval.retrieval import evaluate, query_instruction, score_embeddings
 
-    task = dev_task(args)
+    task = debian_task(args.data, "dev", args.dev_queries, args.corpus_size)
     if isinstance(model, str):
         model = Causal2Vec.from_pretrained(model, dtype=args.eval_dtype)
     if getattr(model, "config", None) is None or model.config.pooling != "concat":

@@ -111,12 +111,17 @@ def train(args, work: Path, pairs: Path) -> dict:
     return report
 
 
-def test_task(args):
+def debian_task(data: Path, split: str, limit_queries: int | None = None, corpus_size: int | None = None):
+    """A Debian split as a retrieval task: the whole corpus, or its judged documents plus distractors (`corpus_size`)."""
     from causal2vec.eval.retrieval import RetrievalTask
 
-    task = RetrievalTask.from_files(args.data / "corpus.parquet", args.data / "test.parquet", name="debian-test",
-                                    description=TASK, corpus_id="doc_id", limit_queries=args.limit_queries)
-    return task.with_corpus_limit(args.corpus_size) if args.corpus_size else task
+    task = RetrievalTask.from_files(data / "corpus.parquet", data / f"{split}.parquet", name=f"debian-{split}",
+                                    description=TASK, corpus_id="doc_id", limit_queries=limit_queries)
+    return task.with_corpus_limit(corpus_size) if corpus_size else task
+
+
+def test_task(args):
+    return debian_task(args.data, "test", args.limit_queries, args.corpus_size)
 
 
 def score(args, model) -> dict:
