@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -262,3 +264,43 @@ def test_a_killed_job_resumes_without_duplicates_or_re_embedding(ray_session, tm
     assert summary["rows_written"] + summary["skipped_existing"] == 999 and summary["rejected"] == 1
     ids = store.open_table(spec).search().select(["id"]).limit(None).to_arrow()["id"].to_pylist()
     assert sorted(ids) == sorted(f"docs.jsonl:{i + 1}" for i in range(1000) if i != 10), "every valid id once"
+
+
+def test_inputs_that_would_embed_garbage_are_refused_or_rejected(ray_session, tmp_path, capsys):
+    """A number column as text, a text file with bytes that are not UTF-8, a damaged row group, a table directory
+    that cannot be written: each is a clear error (exit 2) naming the problem, or a named reject; never garbage."""
+    from causal2vec.cli import main
+
+    spec = f"{tmp_path / 'db'}::t"
+    pq.write_table(pa.table({"id": ["a", "b"], "text": [1000, 1001]}), tmp_path / "numbers.parquet")
+    assert main(["embed-corpus", "--input", str(tmp_path / "numbers.parquet"), "--table", spec]) == 2
+    assert "--text-column 'text': " in (err := capsys.readouterr().err) and "int64 values there, not strings" in err
+
+    (tmp_path / "latin1.txt").write_bytes("first line\ncaf\xe9 au lait\nthird line\n".encode("latin-1"))
+    summary = _run(input=[str(tmp_path / "latin1.txt")], table=spec, stages="fused", index="none")
+    assert (summary["rows_written"], summary["rejected"]) == (2, 1)
+    (reject,) = store.open_table(spec + "_rejects").to_arrow().to_pylist()
+    assert reject["id"] == "latin1.txt:2" and reject["reason"].startswith("not valid UTF-8")
+
+    damaged = tmp_path / "damaged.parquet"
+    pq.write_table(pa.table({"text": _texts(2000, seed=9)}), damaged, row_group_size=1000)
+    column = pq.ParquetFile(damaged).metadata.row_group(1).column(0)
+    data = bytearray(damaged.read_bytes())
+    middle = (column.dictionary_page_offset or column.data_page_offset) + column.total_compressed_size // 2
+    data[middle:middle + 32] = b"\xff" * 32
+    damaged.write_bytes(bytes(data))
+    assert main(["embed-corpus", "--input", str(damaged), "--table", f"{tmp_path / 'db'}::d"]) == 2
+    assert f"{damaged}: row group 1 cannot be read, the file is damaged" in capsys.readouterr().err
+
+    # a directory this user cannot write (root writes anywhere: the check runs as nobody there)
+    readonly = Path(tempfile.mkdtemp(prefix="c2v-ro-"))
+    shutil.copy(tmp_path / "numbers.parquet", readonly / "in.parquet")
+    os.chmod(readonly, 0o555)
+    os.chmod(readonly / "in.parquet", 0o444)
+    as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+    done = subprocess.run([*as_user, sys.executable, "-m", "causal2vec.cli", "embed-corpus", "--input",
+                           str(readonly / "in.parquet"), "--table", f"{readonly}/db::t"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(readonly)})
+    shutil.rmtree(readonly, ignore_errors=True)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"table '{readonly}/db::t': cannot write to {readonly}/db" in done.stderr

@@ -25,11 +25,15 @@ if TYPE_CHECKING:  # imported where used: the CLI imports this module and must s
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
            ".txt": "text", ".text": "text", ".csv": "csv", ".tsv": "tsv"}
 COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")
+# A text file's lines that were not valid UTF-8 are decoded with U+FFFD for the bad bytes and start with this mark
+# (a noncharacter, never in real text), so text_problem rejects them by name instead of embedding the damage.
+BAD_UTF8 = "\ufdd0"
 
 
 def text_problem(text: Any) -> str | None:
-    """Why `text` cannot be embedded ("null text", "empty text", "whitespace-only text", "not a string (int)"), or
-    None when it can. The reasons are what a bulk job's rejects table stores."""
+    """Why `text` cannot be embedded ("null text", "empty text", "whitespace-only text", "not a string (int)", "not
+    valid Unicode (...)", "not valid UTF-8 (...)"), or None when it can. The reasons are what a bulk job's rejects
+    table stores."""
     if text is None:
         return "null text"
     if not isinstance(text, str):
@@ -38,6 +42,20 @@ def text_problem(text: Any) -> str | None:
         return "empty text"
     if not text.strip():
         return "whitespace-only text"
+    if not text.isascii():
+        if text.startswith(BAD_UTF8):
+            return "not valid UTF-8 (a text file's line; its bad bytes show as U+FFFD)"
+        return unicode_problem(text)
+    return None
+
+
+def unicode_problem(text: str) -> str | None:
+    """A lone UTF-16 surrogate makes a string invalid Unicode: JSON's "\\ud800" parses to one, and tokenizers fail
+    on it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"not valid Unicode (a lone surrogate at character {exc.start})"
     return None
 
 
@@ -130,7 +148,11 @@ def read_file(f: InputFile, row_group: int = -1) -> pa.Table:
 
     if f.fmt == "parquet":
         parquet = _parquet(f)
-        return parquet.read_row_group(row_group) if row_group >= 0 else parquet.read()
+        try:
+            return parquet.read_row_group(row_group) if row_group >= 0 else parquet.read()
+        except (pa.ArrowException, OSError) as exc:
+            where = f"row group {row_group}" if row_group >= 0 else "its rows"
+            raise Causal2VecError(f"{f.path}: {where} cannot be read, the file is damaged ({exc})") from exc
     compression = "detect" if f.path.endswith(COMPRESSED) else None
     with f.fs.open_input_stream(f.path, compression=compression) as stream:
         data = stream.read()
@@ -138,10 +160,7 @@ def read_file(f: InputFile, row_group: int = -1) -> pa.Table:
         return pa.table({})
     try:
         if f.fmt == "text":
-            lines = data.decode("utf-8", errors="replace").split("\n")
-            if lines and lines[-1] == "":
-                lines.pop()  # the newline that ends the last line does not start another row
-            return pa.table({"text": pa.array([line.removesuffix("\r") for line in lines], pa.string())})
+            return pa.table({"text": pa.array(_text_lines(data), pa.string())})
         if f.fmt in ("csv", "tsv"):
             import pyarrow.csv as pcsv
 
@@ -153,6 +172,22 @@ def read_file(f: InputFile, row_group: int = -1) -> pa.Table:
     except pa.ArrowInvalid as exc:
         hint = " (JSON lines: one object per line)" if f.fmt == "jsonl" else ""
         raise Causal2VecError(f"{f.path}: not a readable {f.fmt} file{hint}: {exc}") from exc
+
+
+def _text_lines(data: bytes) -> list[str]:
+    """One row per line; a line that is not valid UTF-8 is kept, marked with BAD_UTF8, for text_problem to reject."""
+    try:
+        lines = data.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        lines = []
+        for raw in data.split(b"\n"):
+            try:
+                lines.append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                lines.append(BAD_UTF8 + raw.decode("utf-8", errors="replace"))
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line does not start another row
+    return [line.removesuffix("\r") for line in lines]
 
 
 def read_units(batch: pa.Table, files: list[InputFile]) -> pa.Table:

@@ -41,6 +41,8 @@ def plan_layout(files: list[InputFile], config: EmbedConfig) -> Layout:
     if config.text_column not in names:
         raise Causal2VecError(f"--text-column {config.text_column!r}: {first.path} has no such column "
                               f"(columns: {', '.join(names)})")
+    _as_strings(pa.array([], schema.field(config.text_column).type), first, f"--text-column {config.text_column!r}",
+                numbers=False)
     id_column = config.id_column
     if id_column is not None and id_column not in names:
         raise Causal2VecError(f"--id-column {id_column!r}: {first.path} has no such column "
@@ -71,8 +73,9 @@ def read_unit(unit: dict[str, int], files: list[InputFile], layout: Layout) -> p
                                   f"(columns: {', '.join(raw.column_names)})")
     numbers = range(unit["first_row"] + 1, unit["first_row"] + n + 1)
     sources = [f"{f.name}:{i}" for i in numbers]
-    ids = _as_strings(raw[layout.id_column], f, "--id-column") if layout.id_column else pa.array(sources)
-    texts = _as_strings(raw[layout.text_column], f, "--text-column")
+    ids = _as_strings(raw[layout.id_column], f, f"--id-column {layout.id_column!r}", numbers=True) \
+        if layout.id_column else pa.array(sources)
+    texts = _as_strings(raw[layout.text_column], f, f"--text-column {layout.text_column!r}", numbers=False)
     columns = {"id": ids, "text": texts}
     for field in layout.passthrough:
         if field.name not in raw.column_names:
@@ -95,14 +98,17 @@ def row_problem(doc_id: str | None, text: str | None) -> str | None:
     return "missing id" if readers.text_problem(doc_id) else readers.text_problem(text)
 
 
-def _as_strings(column, f: InputFile, flag: str) -> pa.Array:
+def _as_strings(column, f: InputFile, flag: str, *, numbers: bool) -> pa.Array:
+    """A column as strings: ids may be integers, texts must be strings (a number column embedded as "1000", "1001"
+    is a wrong --text-column, not a corpus)."""
     import pyarrow as pa
 
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if pa.types.is_string(column.type) or pa.types.is_null(column.type) or pa.types.is_large_string(column.type) \
-            or pa.types.is_integer(column.type):
+    kind = column.type
+    if pa.types.is_string(kind) or pa.types.is_null(kind) or pa.types.is_large_string(kind) \
+            or (numbers and pa.types.is_integer(kind)):
         return column.cast(pa.string())
-    raise Causal2VecError(f"{flag}: {f.path} has {column.type} values there, not strings")
+    raise Causal2VecError(f"{flag}: {f.path} has {kind} values there, not strings")
 
 
 def read_batch(batch: pa.Table, files: list[InputFile], layout: Layout) -> pa.Table:

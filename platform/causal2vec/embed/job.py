@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The CLI verb's entry: settings from the flags, then join or start Ray (`ensure_ray`) and run."""
     config = config_from_args(args)
+    tables.check_writable(config.table)  # before Ray starts and the model loads
     ensure_ray()
     return embed_corpus(config)
 

@@ -11,6 +11,7 @@ one atomic Lance commit per call, what the bulk job's sink calls per chunk) and 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from causal2vec.config import absolute
@@ -37,14 +38,28 @@ def connect(uri: str):
     return lancedb.connect(absolute(uri))
 
 
+def check_writable(spec: str) -> None:
+    """Fail fast, before Ray or a model is started, when a local table's directory cannot be written (object stores
+    are checked by the first write)."""
+    import tempfile
+
+    uri, _ = parse_spec(spec)
+    if "://" in uri:
+        return
+    try:
+        Path(absolute(uri)).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=absolute(uri), prefix=".c2v-write-check-"):
+            pass
+    except OSError as exc:
+        raise Causal2VecError(f"table {spec!r}: cannot write to {absolute(uri)} ({exc.strerror or exc})") from exc
+
+
 def table_names(db) -> list[str]:
     return list(db.list_tables().tables)
 
 
 def open_table(spec: str):
     """Open an existing table `DIR::TABLE` (a Causal2VecError names what is missing)."""
-    from pathlib import Path
-
     uri, name = parse_spec(spec)
     if "://" not in uri and not Path(uri).expanduser().is_dir():
         raise Causal2VecError(f"table {spec!r}: no LanceDB directory {uri!r}")
@@ -68,6 +83,13 @@ def table_schema(identity: dict[str, Any], passthrough: pa.Schema | None = None)
 def create_or_resume(spec: str, schema: pa.Schema, *, overwrite: bool = False):
     """The output table: created empty with `schema` (metadata included), or reopened to resume when it exists and
     was written by the same model with the same columns."""
+    try:
+        return _create_or_resume(spec, schema, overwrite)
+    except OSError as exc:  # a read-only or full directory: name the table, not Lance's internals
+        raise Causal2VecError(f"table {spec!r}: cannot write there ({exc})") from exc
+
+
+def _create_or_resume(spec: str, schema: pa.Schema, overwrite: bool):
     uri, name = parse_spec(spec)
     db = connect(uri)
     if name in table_names(db) and not overwrite:
