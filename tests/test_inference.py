@@ -36,7 +36,8 @@ def runner_calls(monkeypatch) -> list[int]:
 
 def test_encode_the_bulk_stages_and_the_serve_stages_share_the_runner(tiny, runner_calls):
     from causal2vec.embed.stages import DecoderStage, EncoderStage, FusedStage, TokenizeStage, vector_rows
-    from causal2vec.serve.deployments import DecoderItem, context_vectors, embeddings
+    from causal2vec.serve.deployments import context_vectors, embeddings
+    from causal2vec.serve.wire import DecoderCall, TokenRows
 
     n = len(TEXTS)
     encoded = tiny.encode(TEXTS, batch_size=ROWS_PER_PASS)
@@ -57,13 +58,16 @@ def test_encode_the_bulk_stages_and_the_serve_stages_share_the_runner(tiny, runn
 
     runner_calls.clear()
     builder = tiny.builder
-    dec_ids = builder.tokenize_for_decoder(TEXTS)
+    dec_ids, enc_ids = builder.tokenize_for_decoder(TEXTS), builder.tokenize_for_encoder(TEXTS)
     lengths, _ = builder.decoder_lengths(dec_ids)
-    ctx = context_vectors(load_model("tiny", "encoder"), builder.tokenize_for_encoder(TEXTS), ROWS_PER_PASS).vectors
-    items = [DecoderItem(ids, None, None, length) for ids, length in zip(dec_ids, lengths)]
-    served = embeddings(load_model("tiny", "decoder"), list(zip(items, ctx)), ROWS_PER_PASS).vectors
+    requests = [slice(0, 3), slice(3, n)]  # two requests' calls merged into one batch per stage
+    ctx = context_vectors(load_model("tiny", "encoder"), [TokenRows.pack(enc_ids[r]) for r in requests],
+                          ROWS_PER_PASS)
+    calls = [DecoderCall(TokenRows.pack(dec_ids[r]), None, None, sum(lengths[r])) for r in requests]
+    served, _ = embeddings(load_model("tiny", "decoder"), list(zip(calls, ctx)), ROWS_PER_PASS)
     assert runner_calls == [n, n], "serve: the encoder replica's batch and the decoder replica's batch"
-    np.testing.assert_array_equal(np.stack(served), encoded)
+    assert [len(v) for v in served] == [3, n - 3]
+    np.testing.assert_array_equal(np.concatenate(served), encoded)
 
 
 def test_training_batches_are_cut_by_the_runner(tiny, runner_calls):

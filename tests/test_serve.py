@@ -1,13 +1,15 @@
 """Serving: the real app on local Ray Serve, real HTTP, the real `openai` client; `tiny` model.
 
-One app (`c2v-test`, route /) serves most tests; a second (`c2v-secure`, route /secure) has API keys and tight queue
-limits for the auth and overload tests. Both are deleted, and Serve shut down, at the end of the module.
+One app (`c2v-test`, route /, split stages) serves most tests; `c2v-fused` (route /fused) runs both model stages
+in one deployment and answers the same API tests; `c2v-secure` (route /secure) has API keys and tight queue limits
+for the auth, overload and replica-loss tests. All are deleted, and Serve shut down, at the end of the module.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 from pathlib import Path
 
@@ -20,11 +22,14 @@ from causal2vec import Causal2VecError
 from causal2vec.tools.processes import free_port
 
 ROOT = Path(__file__).parents[1]
-APP, SECURE = "c2v-test", "c2v-secure"
+APP, FUSED, SECURE = "c2v-test", "c2v-fused", "c2v-secure"
 KEYS_FILE_KEY, ENV_KEY = "file-key-123", "env-key-456"
 TEXTS = ["a text editor for the terminal", "network monitoring daemon with a web interface",
          "library for parsing XML documents", "x", "fast compression tool " * 12, "a game of tetris"]
 STAGE = {"ray_actor_options": {"num_cpus": 0.1}, "num_replicas": 1}
+
+
+_TEXT_POOL = [" ".join(np.random.default_rng(i).choice(TEXTS[:3], size=12)) for i in range(64)]
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +48,34 @@ def serve_url(ray_session, lancedb_dir):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"model": "tiny", "lancedb_uri": str(lancedb_dir), "max_body_bytes": 256 * 1024,
             "encoder": {**STAGE, "max_batch_size": 16, "batch_wait_timeout_s": 0.02},
-            "decoder": {**STAGE, "max_batch_size": 32, "max_batch_tokens": 2048, "batch_wait_timeout_s": 0.02},
+            "decoder": {**STAGE, "max_batch_tokens": 2048, "batch_wait_timeout_s": 0.02},
             "ingress": STAGE}
     serve.run(build_app(args), name=APP, route_prefix="/")
     yield f"http://127.0.0.1:{port}"
-    for name in (APP, SECURE):
+    for name in (APP, FUSED, SECURE):
         try:
             serve.delete(name)
-        except Exception:  # noqa: BLE001 - the secure app may never have been deployed
+        except Exception:  # noqa: BLE001 - the other apps may never have been deployed
             pass
     serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def fused_url(serve_url):
+    """The same API with both model stages in one deployment (and the default 8 MiB body limit)."""
+    from ray import serve
+
+    from causal2vec.serve.app import build_app
+
+    args = {"model": "tiny", "stages": "fused", "encoder": {"max_batch_size": 16},
+            "decoder": {**STAGE, "max_batch_tokens": 2048, "batch_wait_timeout_s": 0.02}, "ingress": STAGE}
+    serve.run(build_app(args), name=FUSED, route_prefix="/fused")
+    return f"{serve_url}/fused"
+
+
+@pytest.fixture(params=["split", "fused"])
+def app_url(request) -> str:
+    return request.getfixturevalue("serve_url" if request.param == "split" else "fused_url")
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +89,7 @@ def secure_url(serve_url, tmp_path_factory):
     keys.write_text(f"# comment\n{KEYS_FILE_KEY}\n")
     args = {"model": "tiny", "api_keys_file": str(keys), "api_keys_env": "C2V_TEST_KEYS",
             "encoder": {**STAGE, "max_batch_size": 2, "max_ongoing_requests": 2, "max_queued_requests": 1},
-            "decoder": {**STAGE, "max_batch_size": 2, "max_ongoing_requests": 2, "max_queued_requests": 1},
+            "decoder": {**STAGE, "max_ongoing_requests": 2, "max_queued_requests": 1},
             "ingress": {**STAGE, "ray_actor_options": {"num_cpus": 0.1,
                                                        "runtime_env": {"env_vars": {"C2V_TEST_KEYS": ENV_KEY}}}}}
     serve.run(build_app(args), name=SECURE, route_prefix="/secure")
@@ -74,7 +97,9 @@ def secure_url(serve_url, tmp_path_factory):
 
 
 def _post(url: str, body, **kwargs) -> httpx.Response:
-    return httpx.post(url, json=body, timeout=60, **kwargs)
+    """JSON with non-ASCII escaped, as json.dumps writes it: lone surrogates travel as `\\ud800` escapes."""
+    headers = {"content-type": "application/json", **kwargs.pop("headers", {})}
+    return httpx.post(url, content=json.dumps(body), headers=headers, timeout=60, **kwargs)
 
 
 def _error(response: httpx.Response) -> dict:
@@ -84,10 +109,10 @@ def _error(response: httpx.Response) -> dict:
 
 
 # -- the OpenAI-compatible API ---------------------------------------------------------------------------------------
-def test_openai_client_gets_the_models_vectors_in_float_and_base64(serve_url, tiny):
+def test_openai_client_gets_the_models_vectors_in_float_and_base64(app_url, tiny):
     from openai import OpenAI
 
-    client = OpenAI(base_url=f"{serve_url}/v1", api_key="unused", max_retries=0)
+    client = OpenAI(base_url=f"{app_url}/v1", api_key="unused", max_retries=0)
     expected = tiny.encode(TEXTS)
     # by default the client asks for base64 and decodes it itself; an explicit format comes back as sent
     for fmt in (None, "float", "base64"):
@@ -122,7 +147,7 @@ def test_openai_client_gets_the_models_vectors_in_float_and_base64(serve_url, ti
     assert client.models.retrieve("tiny").id == "tiny"
 
 
-def test_concurrent_requests_each_get_their_own_vectors(serve_url, tiny):
+def test_concurrent_requests_each_get_their_own_vectors(app_url, tiny):
     """200 concurrent requests of 1..8 texts of mixed lengths, merged into shared batches: no cross-talk."""
     rng = np.random.default_rng(0)
     words = "alpha beta gamma delta compiler kernel driver font editor shell parser network daemon".split()
@@ -133,7 +158,7 @@ def test_concurrent_requests_each_get_their_own_vectors(serve_url, tiny):
     async def run():
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
         async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-            return await asyncio.gather(*(client.post(f"{serve_url}/v1/embeddings", json={"model": "tiny", "input": r})
+            return await asyncio.gather(*(client.post(f"{app_url}/v1/embeddings", json={"model": "tiny", "input": r})
                                           for r in requests))
 
     responses = asyncio.run(run())
@@ -141,6 +166,14 @@ def test_concurrent_requests_each_get_their_own_vectors(serve_url, tiny):
     for texts, response in zip(requests, responses):
         got = np.array([d["embedding"] for d in response.json()["data"]])
         np.testing.assert_allclose(got, np.stack([reference[t] for t in texts]), atol=1e-5)
+
+
+def test_a_request_larger_than_one_batch_is_split_by_the_ingress(app_url, tiny):
+    """100 texts against batches of 16 texts / 2,048 decoder tokens: the ingress sends chunks that fit."""
+    texts = [f"package number {i} " + "with a longer description " * (i % 9) for i in range(100)]
+    response = _post(f"{app_url}/v1/embeddings", {"model": "tiny", "input": texts})
+    assert response.status_code == 200, response.text[:300]
+    np.testing.assert_allclose([d["embedding"] for d in response.json()["data"]], tiny.encode(texts), atol=1e-5)
 
 
 @pytest.mark.parametrize("body, status, param, code", [
@@ -161,6 +194,8 @@ def test_concurrent_requests_each_get_their_own_vectors(serve_url, tiny):
     ({"input": ["ok", "word " * 400], "model": "tiny", "truncate": False}, 422, "input", "input_too_long"),
     ({"input": "hi", "model": "tiny", "task": "nope"}, 422, "task", "unknown_task"),
     ({"input": "hi", "model": "tiny", "instruction": "please " * 300}, 422, "instruction", None),
+    ({"input": ["ok", "bad \ud800 text"], "model": "tiny"}, 400, "input", None),
+    ({"input": "hi", "model": "tiny", "instruction": "\udfff"}, 400, "instruction", None),
 ])
 def test_bad_requests_get_the_documented_error(serve_url, body, status, param, code):
     response = _post(f"{serve_url}/v1/embeddings", body)
@@ -174,9 +209,11 @@ def test_body_size_json_and_routing_errors(serve_url, tiny):
     url = f"{serve_url}/v1/embeddings"
     too_big = _post(url, {"model": "tiny", "input": ["word " * 1000] * 60})  # ~300 KB > 256 KiB
     assert too_big.status_code == 413 and _error(too_big)["code"] == "payload_too_large"
-    for raw in (b"{not json", b"[1, 2]"):
+    deep = b'{"model": "tiny", "input": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    huge_int = b'{"model": "tiny", "input": "x", "dimensions": ' + b"9" * 5000 + b"}"
+    for raw in (b"{not json", b"[1, 2]", deep, huge_int, b'{"model": "tiny", "input": "x", "\\ud800": 1}'):
         response = httpx.post(url, content=raw, headers={"content-type": "application/json"}, timeout=60)
-        assert response.status_code == 400 and _error(response)
+        assert response.status_code == 400 and _error(response), (raw[:60], response.text[:300])
     assert _error(httpx.get(f"{serve_url}/v1/nothing-here", timeout=60))["message"] == "Not Found"
     # truncate=true (the default) embeds what the truncate=false request refused, as model.encode does
     long_text = "word " * 400
@@ -190,16 +227,17 @@ def test_a_failing_item_does_not_fail_the_requests_batched_with_it(serve_url, ti
     the same batches as good HTTP requests: each bad item fails alone, its neighbours succeed, the replica lives."""
     from ray import serve
 
-    from causal2vec.serve.deployments import DecoderItem
+    from causal2vec.serve.wire import DecoderCall, TokenRows
 
     encoder = serve.get_deployment_handle("ContextEncoder", APP)
     decoder = serve.get_deployment_handle("Decoder", APP)
-    ctx = np.zeros(tiny.hidden_size, dtype=np.float32)
+    ctx = np.zeros((1, tiny.hidden_size), dtype=np.float32)
     expected = tiny.encode(TEXTS)
+    bad_rows = TokenRows.pack([[10**7, 5]])
 
     async def run():
-        bad = [encoder.remote([10**7, 5]) for _ in range(4)] + \
-              [decoder.remote(DecoderItem([10**7, 5], None, None, 4), ctx) for _ in range(4)]
+        bad = [encoder.remote(bad_rows) for _ in range(4)] + \
+              [decoder.remote(DecoderCall(bad_rows, None, None, 4), ctx) for _ in range(4)]
         async with httpx.AsyncClient(timeout=120) as client:
             good = [client.post(f"{serve_url}/v1/embeddings", json={"model": "tiny", "input": TEXTS})
                     for _ in range(8)]
@@ -231,6 +269,36 @@ def test_each_replica_loads_only_its_part_of_the_model(serve_url, tiny):
     assert encoder == {"part": "encoder", "parameters": parameters(tiny.context_encoder)}
     assert (decoder["part"], decoder["parameters"]) == ("decoder", parameters(tiny.decoder))
     assert encoder["parameters"] + decoder["parameters"] == parameters(tiny)
+
+
+def test_huge_texts_do_not_hold_up_other_requests(fused_url, tiny):
+    """Three ~8 MB single-text requests (under the 8 MiB body limit) and a small one sent meanwhile: the ingress
+    reads only what the model can use of each text, off its event loop, so all answer and the small one promptly
+    (the ingress tokenized whole texts on its event loop before: 83 s, and the small request waited 82 s)."""
+    huge = ["lorem ipsum dolor sit amet " * 300_000] * 3  # 8.1 MB each
+
+    async def run():
+        async with httpx.AsyncClient(timeout=300) as client:
+            big = [asyncio.ensure_future(client.post(f"{fused_url}/v1/embeddings", json={"model": "tiny", "input": t}))
+                   for t in huge]
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            small = await client.post(f"{fused_url}/v1/embeddings", json={"model": "tiny", "input": "small"})
+            return small, time.monotonic() - started, await asyncio.gather(*big)
+
+    small, waited, big = asyncio.run(run())
+    assert small.status_code == 200 and waited < 15, (small.status_code, waited)
+    assert [r.status_code for r in big] == [200] * 3, [r.text[:200] for r in big]
+    np.testing.assert_allclose(big[0].json()["data"][0]["embedding"], tiny.encode(huge[:1])[0], atol=1e-5)
+
+
+def test_openapi_document_describes_the_api(serve_url, secure_url):
+    doc = httpx.get(f"{serve_url}/openapi.json", timeout=60).json()
+    body = doc["paths"]["/v1/embeddings"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"input", "model"} <= set(body["properties"]) and body["additionalProperties"] is False
+    assert "error" in doc["paths"]["/v1/search"]["post"]["responses"]["400"]["content"]["application/json"][
+        "schema"]["properties"]
+    assert httpx.get(f"{secure_url}/openapi.json", timeout=60).status_code == 401  # behind the key, like the API
 
 
 def test_health_and_metrics(serve_url):
@@ -284,26 +352,56 @@ def test_overload_is_503_and_the_app_recovers(secure_url):
     assert ok.status_code == 200
 
 
-def test_health_is_503_while_a_stage_is_down_and_200_once_serve_replaces_it(secure_url):
-    """Kill the secure app's only ContextEncoder replica: /health reports the encoder not ready until Serve's
-    controller has started a new replica, then 200 again."""
+@pytest.mark.parametrize("app, stage", [(APP, "ContextEncoder"), (APP, "Decoder"), (FUSED, "Model")])
+def test_a_lost_replica_is_a_retryable_503_and_health_comes_back(serve_url, fused_url, app, stage):
+    """Kill an app's only replica of a stage while clients keep it busy: every answer is a 200 or a 503 with
+    Retry-After (a request in flight on the lost replica is never a 500 blamed on the input), /health reports the
+    stage not ready until Serve has replaced it, and requests succeed again."""
+    import threading
+
     import ray
 
-    name = next(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                if a["name"].startswith(f"SERVE_REPLICA::{SECURE}#ContextEncoder#"))
-    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
-    down = httpx.get(f"{secure_url}/health", timeout=60)
-    assert down.status_code == 503, down.text[:300]
-    assert _error(down)["code"] == "not_ready" and "encoder" in _error(down)["message"]
-    for _ in range(120):
-        if httpx.get(f"{secure_url}/health", timeout=60).status_code == 200:
-            break
+    url = serve_url if app == APP else fused_url
+    answers: list[httpx.Response] = []
+    stop = threading.Event()
+    texts = _TEXT_POOL[:32]
+
+    def client():
+        with httpx.Client(timeout=60) as http:
+            while not stop.is_set():
+                answers.append(http.post(f"{url}/v1/embeddings", json={"model": "tiny", "input": texts}))
+
+    clients = [threading.Thread(target=client) for _ in range(8)]
+    for thread in clients:
+        thread.start()
+    try:
         time.sleep(1)
-    else:
-        pytest.fail("/health did not come back to 200 within 2 minutes of the replica's death")
-    ok = _post(f"{secure_url}/v1/embeddings", {"model": "tiny", "input": "back"},
-               headers={"Authorization": f"Bearer {ENV_KEY}"})
-    assert ok.status_code == 200, ok.text[:300]
+        name = next(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                    if a["name"].startswith(f"SERVE_REPLICA::{app}#{stage}#"))
+        ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+        killed_at = len(answers)
+        for _ in range(50):  # ray.kill is asynchronous: the replica may answer a moment longer
+            down = httpx.get(f"{url}/health", timeout=60)
+            if down.status_code != 200:
+                break
+            time.sleep(0.2)
+        for _ in range(120):
+            if httpx.get(f"{url}/health", timeout=60).status_code == 200 and \
+                    any(a.status_code == 200 for a in answers[killed_at:]):
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("the stage was not replaced and answering within 2 minutes of its replica's death")
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join()
+    assert down.status_code == 503, down.text[:300]
+    part = {"ContextEncoder": "encoder", "Decoder": "decoder", "Model": "model"}[stage]
+    assert _error(down)["code"] == "not_ready" and part in _error(down)["message"]
+    for answer in answers:
+        assert answer.status_code == 200 or (answer.status_code == 503 and answer.headers.get("retry-after")), \
+            answer.text[:300]
 
 
 # -- search ----------------------------------------------------------------------------------------------------------
@@ -392,8 +490,8 @@ def test_build_app_refuses_bad_configs():
         parse_args({"encoder": {"num_replicas": 2, "autoscaling_config": {"max_replicas": 4}}})
     with pytest.raises(Causal2VecError, match="max_replicas"):
         parse_args({"encoder": {"autoscaling_config": {"min_replicas": 4, "max_replicas": 2}}})
-    with pytest.raises(Causal2VecError, match="max_ongoing_requests"):
-        parse_args({"decoder": {"max_batch_size": 64, "max_ongoing_requests": 8}})
+    with pytest.raises(Causal2VecError, match="stages"):
+        parse_args({"stages": "merged"})
     with pytest.raises(Causal2VecError, match="max_decoder_length"):
         build_app({"model": "tiny", "decoder": {"max_batch_tokens": 100}})
     with pytest.raises(Causal2VecError, match="modle: Extra inputs"):

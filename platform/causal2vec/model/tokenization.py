@@ -19,6 +19,11 @@ from causal2vec.errors import Causal2VecError
 from causal2vec.model.config import Causal2VecConfig
 from causal2vec.readers import text_problem
 
+# Tokenizers read at most this many characters per token of a length limit. Real text averages under ~6 characters
+# per token, so a text within the limit embeds exactly as before; a huge one (an 8 MB string took seconds and froze
+# a server's event loop) costs only what the model can use. Characters past the cap are never read.
+CHARS_PER_TOKEN_READ = 32
+
 
 class _Padded:
     """What both padded batches offer: their real token count, and a copy on another device."""
@@ -106,14 +111,15 @@ class BatchBuilder:
         if not texts:  # HF tokenizers fail on an empty list
             return []
         cap = self.config.max_encoder_length - len(self._encoder_prefix) - len(self._encoder_suffix) + 1
-        return self.encoder_tokenizer(list(texts), add_special_tokens=False, truncation=True,
+        return self.encoder_tokenizer(_clip(texts, cap), add_special_tokens=False, truncation=True,
                                       max_length=cap)["input_ids"]
 
     def tokenize_for_decoder(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
             return []
-        return self.decoder_tokenizer(list(texts), add_special_tokens=False, truncation=True,
-                                      max_length=self.config.max_decoder_length)["input_ids"]
+        cap = self.config.max_decoder_length
+        return self.decoder_tokenizer(_clip(texts, cap), add_special_tokens=False, truncation=True,
+                                      max_length=cap)["input_ids"]
 
     def encoder_batch(self, token_ids: Sequence[Sequence[int]]) -> EncoderBatch:
         prefix, suffix = self._encoder_prefix, self._encoder_suffix
@@ -227,6 +233,11 @@ def validate_texts(texts) -> list[str]:
             said = "None" if text is None else "empty or whitespace only" if isinstance(text, str) else problem
             raise Causal2VecError(f"text #{i} is {said}; every input must be a non-empty string")
     return texts
+
+
+def _clip(texts: Sequence[str], max_tokens: int) -> list[str]:
+    chars = max_tokens * CHARS_PER_TOKEN_READ
+    return [text[:chars] for text in texts]
 
 
 def _single_token(tokenizer, text: str) -> int:

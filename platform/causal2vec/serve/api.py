@@ -1,9 +1,11 @@
-"""The HTTP ingress: an OpenAI-compatible embeddings API, vector search over LanceDB, models, health and metrics.
+"""The HTTP ingress: an OpenAI-compatible embeddings API, vector search over LanceDB, models, health, metrics and
+its OpenAPI document.
 
 Everything a client can get wrong is checked here (protocol.py), before anything reaches a batch that other
-requests share: the ingress parses, validates, tokenizes and checks truncation, then sends one item per text through
-encoder -> decoder. The encoder's DeploymentResponse goes straight into the decoder call (not awaited in between),
-so Serve pipelines the two stages and each stage's @serve.batch merges items across requests.
+requests share: the ingress parses, validates, tokenizes and checks truncation (in a worker thread: a big request
+must not stall the event loop that answers everyone else), then sends each request chunk (serve/wire.py) in one call
+per stage. In split mode the encoder's DeploymentResponse goes straight into the decoder call (not awaited in
+between), so Serve pipelines the two stages; each stage's @serve.batch merges calls across requests.
 
 The ingress holds no model: the model's LanceDB identity (what search checks tables against) is built at start-up
 from the decoder replica's description and a probe text sent through both stages.
@@ -12,14 +14,12 @@ from the decoder replica's description and a probe text sent through both stages
 # No `from __future__ import annotations` here: Serve pickles the ingress class by value, and FastAPI must see the
 # routes' `Request` annotations as objects, not as names it would look up in a pickled, partial module namespace.
 import asyncio
-import contextlib
 import hmac
 import json
 import logging
 import time
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ValidationError
@@ -30,16 +30,17 @@ from causal2vec.errors import Causal2VecError
 from causal2vec.model.sources import ModelSource, load_builder
 from causal2vec.readers import text_problem
 from causal2vec.serve.config import ServeArgs
-from causal2vec.serve.deployments import DecoderItem
-from causal2vec.serve.protocol import (APIError, EmbeddingRequest, SearchRequest, awaitable, encode_vector, jsonable,
-                                       model_error, node_metrics, parse_texts, read_api_keys, reason, route_path,
-                                       validation_error)
+from causal2vec.serve.protocol import (APIError, EmbeddingRequest, SearchRequest, encode_vector, jsonable,
+                                       lone_surrogate, node_metrics, openapi_routes, parse_texts, read_api_keys,
+                                       reason, route_path, validation_error)
+from causal2vec.serve.stage_calls import StageCalls
+from causal2vec.serve.wire import Prepared
 from causal2vec.store.identity import PROBE_TEXT, describe
 
 log = logging.getLogger(__name__)
 
 PUBLIC_PATHS = {"/health"}  # everything else needs a key when keys are configured
-ROUTES = {"/v1/embeddings", "/v1/search", "/v1/models", "/health", "/metrics"}
+ROUTES = {"/v1/embeddings", "/v1/search", "/v1/models", "/health", "/metrics", "/openapi.json"}
 
 
 @serve.deployment(name="API")  # options (max_ongoing_requests, replicas) come from build_app
@@ -48,20 +49,23 @@ class EmbeddingAPI:
     """FastAPI ingress over the encoder and decoder deployments (see the module docstring)."""
 
     async def __init__(self, encoder, decoder, args: ServeArgs):
-        self.encoder, self.decoder, self.args = encoder, decoder, args
+        """`decoder` is the Decoder deployment (split) or the one Model deployment (fused); `encoder` is None when
+        fused or without a CTX token."""
+        self.args = args
+        self.stages = StageCalls(encoder, decoder, args)
         self.builder = load_builder(args.model)  # tokenizers + config only: the ingress never runs the model
         self.info = await decoder.info.remote()
         self.api_keys = read_api_keys(args.api_keys_env, args.api_keys_file)
         self._tables: dict[str, Any] = {}
         self._init_metrics()
-        probe = (await self.run_model(*self.prepare([PROBE_TEXT], None, True, None)[:2]))[0]
+        probe = (await self.stages.run(self.prepare([PROBE_TEXT], None, True, None)))[0]
         self.identity = describe(self.builder.config, self.info["embedding_dim"], self.info["dtype"], probe,
                                  ModelSource.of(args.model).label)
         log.info("serving %s as %r (dim %d), auth %s", args.model, args.served_model_name,
                  self.info["embedding_dim"], "on" if self.api_keys else "off")
 
     def _init_metrics(self) -> None:
-        from ray.serve.metrics import Counter, Gauge, Histogram
+        from ray.serve.metrics import Counter, Histogram
 
         self.m_requests = Counter("causal2vec_requests", description="HTTP requests by route and status.",
                                   tag_keys=("path", "status"))
@@ -74,15 +78,14 @@ class EmbeddingAPI:
                                    tag_keys=("path",))
         self.m_request_items = Histogram("causal2vec_request_items", description="Texts per embeddings request.",
                                          boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024])
-        self.m_in_flight = Gauge("causal2vec_items_in_flight",
-                                 description="Items sent to the model deployments and not yet answered.")
-        self._in_flight = 0
 
     # -- the ASGI app, built per replica so routes see this instance's settings ------------------------------------
     def __serve_build_asgi_app__(self):
         from starlette.exceptions import HTTPException
 
-        app = FastAPI(title="causal2vec", docs_url=None, redoc_url=None, openapi_url=None)
+        app = FastAPI(title="causal2vec", description="OpenAI-compatible embeddings and vector search "
+                                                       "(Causal2Vec)", docs_url=None, redoc_url=None,
+                      openapi_url="/openapi.json")  # behind the API key when keys are set, like every route
 
         @app.middleware("http")
         async def guard(request: Request, call_next):
@@ -113,33 +116,35 @@ class EmbeddingAPI:
         async def http_error(_: Request, exc: HTTPException):
             return APIError(exc.status_code, str(exc.detail)).response()
 
-        @app.post("/v1/embeddings")
+        docs = openapi_routes()
+
+        @app.post("/v1/embeddings", **docs["embeddings"])
         async def embeddings(request: Request):
             body = await self._json(request, EmbeddingRequest)
             return JSONResponse(await self.embed(body))
 
-        @app.post("/v1/search")
+        @app.post("/v1/search", **docs["search"])
         async def search(request: Request):
             body = await self._json(request, SearchRequest)
             return JSONResponse(await self.search(body))
 
-        @app.get("/v1/models")
+        @app.get("/v1/models", **docs["other"])
         async def models():
             return {"object": "list", "data": [self._model_card()]}
 
-        @app.get("/v1/models/{name:path}")
+        @app.get("/v1/models/{name:path}", **docs["other"])
         async def model(name: str):
             self._check_model(name)
             return self._model_card()
 
-        @app.get("/health")
+        @app.get("/health", **docs["health"])
         async def health():
-            problem = await self._not_ready()
+            problem = await self.stages.not_ready()
             if problem:
                 return APIError(503, problem, type="service_unavailable", code="not_ready").response()
             return {"status": "ok", "model": self.args.served_model_name}
 
-        @app.get("/metrics")
+        @app.get("/metrics", **docs["other"])
         async def metrics():
             text = await asyncio.to_thread(node_metrics)
             return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
@@ -169,16 +174,7 @@ class EmbeddingAPI:
         if len(raw) > self.args.max_body_bytes:  # a chunked body has no Content-Length
             raise APIError(413, f"request body is over the limit of {self.args.max_body_bytes} bytes; split the "
                                 "input", code="payload_too_large")
-        try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise APIError(400, f"the body is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise APIError(400, "the body must be a JSON object")
-        try:
-            return model.model_validate(data)
-        except ValidationError as exc:
-            raise validation_error(exc) from exc
+        return await asyncio.to_thread(_parse_body, raw, model)  # megabytes of JSON: off the event loop
 
     def _check_model(self, name: str | None) -> None:
         if name is not None and name != self.args.served_model_name:
@@ -200,19 +196,9 @@ class EmbeddingAPI:
                 "embedding_dim": self.info["embedding_dim"], "max_input_tokens": self.info["max_decoder_length"],
                 "fingerprint": self.info["fingerprint"]}
 
-    async def _not_ready(self) -> str | None:
-        calls = {"encoder": self.encoder, "decoder": self.decoder} if self.encoder is not None else \
-            {"decoder": self.decoder}
-        for name, handle in calls.items():
-            try:
-                await asyncio.wait_for(awaitable(handle.ready.remote()), self.args.health_timeout_s)
-            except Exception as exc:  # noqa: BLE001 - any failure means not ready
-                return f"the {name} deployment is not ready ({type(exc).__name__})"
-        return None
-
     # -- embeddings ----------------------------------------------------------------------------------------------
-    def prepare(self, texts: list[str], instruction: str | None, truncate: bool, normalize: bool | None):
-        """Tokenize for both stages and check lengths: (encoder rows or None, decoder items, prompt tokens)."""
+    def prepare(self, texts: list[str], instruction: str | None, truncate: bool, normalize: bool | None) -> Prepared:
+        """Tokenize for both stages and check lengths (CPU work: callers on the event loop run it in a thread)."""
         builder = self.builder
         try:
             dec_ids = builder.tokenize_for_decoder(texts)
@@ -228,27 +214,7 @@ class EmbeddingAPI:
                 raise APIError(422, f"`input[{over}]` is longer than the model's limit of {cfg.max_decoder_length} "
                                     f"decoder / {cfg.max_encoder_length} encoder tokens; shorten it or send "
                                     "truncate=true", param="input", code="input_too_long")
-        items = [DecoderItem(ids, instruction, normalize, n) for ids, n in zip(dec_ids, lengths)]
-        return enc_ids, items, sum(lengths)
-
-    async def run_model(self, enc_rows, items) -> list[np.ndarray]:
-        """One call per text through encoder -> decoder; the encoder's response is handed on, not awaited."""
-        responses = []
-        self._in_flight += len(items)
-        self.m_in_flight.set(self._in_flight)
-        try:
-            for i, item in enumerate(items):  # back-pressure can raise right here, at the call
-                ctx = self.encoder.remote(enc_rows[i]) if enc_rows is not None else None
-                responses.append(self.decoder.remote(item, ctx))
-            return await asyncio.gather(*(awaitable(r) for r in responses))
-        except Exception as exc:
-            for response in responses:  # the first failure fails the request: stop the rest
-                with contextlib.suppress(Exception):  # cancel() re-raises a call's own failure
-                    response.cancel()
-            raise model_error(exc) from exc
-        finally:
-            self._in_flight -= len(items)
-            self.m_in_flight.set(self._in_flight)
+        return Prepared(enc_ids, dec_ids, lengths, instruction, normalize)
 
     async def embed(self, body: EmbeddingRequest) -> dict:
         self._check_model(body.model)
@@ -263,16 +229,16 @@ class EmbeddingAPI:
                                 f"wrong); omit `dimensions` or send {dim}", param="dimensions",
                            code="unsupported_dimensions")
         instruction = self._instruction(body.instruction, body.task)
-        enc_rows, items, tokens = self.prepare(texts, instruction, body.truncate, body.normalize)
+        request = await asyncio.to_thread(self.prepare, texts, instruction, body.truncate, body.normalize)
         self.m_request_items.observe(len(texts))
-        vectors = await self.run_model(enc_rows, items)
+        vectors = await self.stages.run(request)
         self.m_items.inc(len(texts))
-        self.m_tokens.inc(tokens)
+        self.m_tokens.inc(request.tokens)
         return {"object": "list",
                 "data": [{"object": "embedding", "index": i, "embedding": encode_vector(v, body.encoding_format)}
                          for i, v in enumerate(vectors)],
                 "model": self.args.served_model_name,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+                "usage": {"prompt_tokens": request.tokens, "total_tokens": request.tokens}}
 
     # -- search --------------------------------------------------------------------------------------------------
     async def search(self, body: SearchRequest) -> dict:
@@ -285,8 +251,8 @@ class EmbeddingAPI:
         instruction = self._instruction(body.instruction, body.task)
         vector = None
         if body.mode != "fts":
-            enc_rows, items, _ = self.prepare([body.query], instruction, True, None)
-            vector = (await self.run_model(enc_rows, items))[0]
+            request = await asyncio.to_thread(self.prepare, [body.query], instruction, True, None)
+            vector = (await self.stages.run(request))[0]
         try:
             rows = await asyncio.to_thread(store.search, table, self.identity, body.query, k=body.k, mode=body.mode,
                                            filter=body.filter, query_vector=vector)
@@ -315,3 +281,23 @@ class EmbeddingAPI:
             raise APIError(409, str(exc), param="table", code="model_mismatch") from exc
         self._tables[name] = table
         return table
+
+
+def _parse_body(raw: bytes, model: type[BaseModel]):
+    """A request body as `model`: 400 for anything that is not a JSON object of valid Unicode (JSON nested past
+    Python's recursion limit and integers of thousands of digits are refused by the parser, not crashed on)."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        why = "it is nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise APIError(400, f"the body is not valid JSON: {why}") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "the body must be a JSON object")
+    where = lone_surrogate(data)
+    if where is not None:
+        raise APIError(400, f"`{where}` is not valid Unicode (a lone UTF-16 surrogate escape such as \\ud800)",
+                       param=where.partition("[")[0] or None)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from exc

@@ -8,7 +8,7 @@ overrides), because Serve silently ignores unknown autoscaling keys and these cl
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -28,8 +28,9 @@ class StageArgs(Strict):
     ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 0.5})
     autoscaling_config: dict[str, Any] | None = None
     num_replicas: int | None = Field(None, ge=1, description="a fixed number of replicas (instead of autoscaling)")
-    max_ongoing_requests: int | None = Field(None, ge=1, description="items a replica holds at once")
-    max_queued_requests: int = Field(2048, ge=-1, description="items queued before callers get 503 (-1: no limit)")
+    max_ongoing_requests: int | None = Field(None, ge=1, description="calls a replica holds at once (a batch merges "
+                                                                   "at most this many)")
+    max_queued_requests: int = Field(2048, ge=-1, description="calls queued before callers get 503 (-1: no limit)")
 
     @field_validator("autoscaling_config")
     @classmethod
@@ -71,12 +72,12 @@ class ModelStageArgs(StageArgs):
 
 
 class EncoderArgs(ModelStageArgs):
-    max_batch_size: int = Field(64, ge=1, description="texts per batch")
+    max_batch_size: int = Field(64, ge=1, description="texts per batch (the ingress also cuts requests to this)")
 
 
 class DecoderArgs(ModelStageArgs):
-    max_batch_tokens: int = Field(16384, ge=1, description="padded tokens per batch (rows x longest row)")
-    max_batch_size: int = Field(64, ge=1, description="texts per batch (enforced through max_ongoing_requests)")
+    max_batch_tokens: int = Field(16384, ge=1, description="decoder tokens per batch, layout included (it runs as "
+                                                           "length-sorted passes of rows_per_pass rows)")
 
 
 class IngressArgs(StageArgs):
@@ -99,6 +100,9 @@ class ServeArgs(Strict):
                                                                         "comma-separated API keys")
     api_keys_file: str | None = Field(None, description="a file of API keys, one per line (read on the ingress's "
                                                         "node)")
+    stages: Literal["split", "fused"] = Field("split", description="split: encoder and decoder deployments that "
+                                              "scale on their own (GPU); fused: one deployment runs both (small "
+                                              "models, CPU hosts); `decoder:` configures it")
     tasks: dict[str, str] = Field(default_factory=lambda: {"query": QUERY_INSTRUCTION, "document": ""})
     health_timeout_s: float = Field(5.0, gt=0, description="how long /health waits for each deployment")
     encoder: EncoderArgs = Field(default_factory=EncoderArgs)
@@ -111,12 +115,6 @@ class ServeArgs(Strict):
             self.served_model_name = Path(self.model.rstrip("/")).name
         if self.lancedb_uri:  # replicas do not share the caller's working directory
             self.lancedb_uri = absolute(self.lancedb_uri)
-        for name in ("encoder", "decoder"):
-            stage = getattr(self, name)
-            if stage.max_ongoing_requests is not None and stage.max_ongoing_requests < stage.max_batch_size:
-                raise ValueError(f"{name}.max_ongoing_requests ({stage.max_ongoing_requests}) is below "
-                                 f"{name}.max_batch_size ({stage.max_batch_size}): Serve never batches more items "
-                                 "than a replica holds, so batches could not fill")
         return self
 
 

@@ -20,9 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from causal2vec.config import SearchMode, problems
 from causal2vec.errors import Causal2VecError
-from causal2vec.readers import text_problem
+from causal2vec.readers import text_problem, unicode_problem
 
 log = logging.getLogger(__name__)
+
 
 class APIError(Exception):
     """An HTTP error in OpenAI's envelope."""
@@ -87,6 +88,26 @@ def parse_texts(value: Any) -> list[str]:
     return value
 
 
+def lone_surrogate(data: Any) -> str | None:
+    """Where parsed JSON holds a string (or key) that is not valid Unicode, e.g. `input[3]`; None if nowhere. Such a
+    string fails the tokenizer and cannot even be echoed back in an error, so the whole body is refused up front.
+    Iterative: the parser already accepted the nesting depth."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii() and unicode_problem(value):
+                return path or "body"
+        elif isinstance(value, dict):
+            for key, item in reversed(value.items()):
+                if not key.isascii() and unicode_problem(key):
+                    return f"a key of {path or 'the body'}"
+                stack.append((f"{path}.{key}" if path else key, item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value))))
+    return None
+
+
 def validation_error(exc: ValidationError) -> APIError:
     """A request body pydantic refused, as a 400 naming its first problem."""
     param, kind, message = problems(exc)[0]
@@ -117,19 +138,61 @@ def read_api_keys(env_name: str | None, path: str | None) -> set[str]:
 
 
 def model_error(exc: BaseException) -> APIError:
-    """A failure from the model deployments, as the client should see it."""
+    """A failure from the model deployments, as the client should see it: a lost replica or an overload is a
+    retryable 503 with Retry-After, never blamed on the input."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
     from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-    cause = getattr(exc, "cause", None) or exc
-    if isinstance(exc, BackPressureError) or isinstance(cause, BackPressureError):
+    chain = _causes(exc)
+    if any(isinstance(e, BackPressureError) for e in chain):
         return APIError(503, "the server is overloaded; retry after a short wait", type="overloaded_error",
                         code="overloaded", headers={"Retry-After": "1"})
-    if isinstance(exc, DeploymentUnavailableError) or isinstance(cause, DeploymentUnavailableError):
-        return APIError(503, "the model is not available", type="service_unavailable", code="not_ready")
-    if isinstance(exc, Causal2VecError) or isinstance(cause, Causal2VecError):
-        return APIError(422, str(cause).splitlines()[-1])
+    if any(isinstance(e, (RayActorError, ActorUnavailableError)) for e in chain):  # killed, or its node was lost
+        return APIError(503, "a model replica was lost while serving this request; retry", type="service_unavailable",
+                        code="replica_lost", headers={"Retry-After": "1"})
+    if any(isinstance(e, DeploymentUnavailableError) for e in chain):
+        return APIError(503, "the model is not available", type="service_unavailable", code="not_ready",
+                        headers={"Retry-After": "5"})
+    cause = chain[-1]
+    if any(isinstance(e, Causal2VecError) for e in chain):
+        return APIError(422, str(next(e for e in chain if isinstance(e, Causal2VecError))).splitlines()[-1])
     log.error("model call failed: %r", exc)
     return APIError(500, f"the model failed on this input ({type(cause).__name__})", type="server_error")
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """An exception and what it wraps (Ray's `.cause`, Python's __cause__), outermost first; bounded."""
+    chain = [exc]
+    while len(chain) < 10:
+        inner = getattr(chain[-1], "cause", None) or chain[-1].__cause__
+        if not isinstance(inner, BaseException) or inner in chain:
+            break
+        chain.append(inner)
+    return chain
+
+
+def openapi_routes() -> dict[str, dict]:
+    """The OpenAPI details FastAPI cannot see (the routes read raw bodies to check them themselves): request body
+    schemas and the error envelope, for clients and fuzzers reading /openapi.json."""
+    error = {"content": {"application/json": {"schema": ERROR_SCHEMA}}}
+    errors = {str(code): {"description": text, **error} for code, text in (
+        (400, "malformed input"), (401, "missing or invalid API key"), (404, "unknown model, table or route"),
+        (413, "body over the limit"), (422, "valid JSON the model cannot serve"),
+        (503, "overloaded, or a replica lost: retry after Retry-After"))}
+
+    def body(model: type[BaseModel]) -> dict:
+        return {"openapi_extra": {"requestBody": {"required": True, "content": {
+            "application/json": {"schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}}}},
+                "responses": errors}
+
+    return {"embeddings": body(EmbeddingRequest), "search": body(SearchRequest), "other": {"responses": errors},
+            "health": {"responses": {"503": {"description": "a stage is not ready", **error}}}}
+
+
+ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["message", "type", "param", "code"],
+    "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                   "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
 
 
 def route_path(request) -> str:
