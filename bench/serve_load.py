@@ -1,19 +1,23 @@
 """Serving under load: loopback HTTP against the Serve app, compared with in-process `model.encode`.
 
-For each model: time `model.encode` in this process (same texts, batch size = the decoder's max_batch_size), start
-the app from serve_configs/local.yaml's args (autoscaling delays shortened so a short run shows scaling), then for
-each request shape (texts per request) and each concurrency run closed-loop clients (each sends a request, waits for
-the answer, sends the next) until --requests requests or --duration seconds, recording throughput and latency
-percentiles. A background thread samples the replica counts with serve.status() every second, through the load
-and a cool-down, to show autoscaling add replicas under load and remove them after.
+For each model: time `model.encode` in this process (same texts and dtype, batch size = the encoder's
+max_batch_size; wall time and CPU time), then for each `--stages` mode start the app from
+serve_configs/local.yaml's args (autoscaling delays shortened so a short run shows scaling), and for each request
+shape (texts per request) and each concurrency run closed-loop clients (each sends a request, waits for the answer,
+sends the next) until --requests requests or --duration seconds, recording throughput and latency percentiles and
+the CPU every process spent (by role: proxy, ingress, each model deployment, controller, this load generator,
+other). A background thread samples the replica counts with serve.status() every second, through the load and a
+cool-down, to show autoscaling add replicas under load and remove them after.
 
-saturation ratio = the best served texts/s over the concurrencies / in-process texts/s (the target is >= 0.8), per
-request shape: one text per request pays the HTTP proxy and the ingress once per text, a list of texts once per list
-(each text still travels as its own item through both stages). The load generator runs on the same cores as the
-server, so on a 2-core machine it takes a share of the CPU the server needs.
+saturation ratio = the best served texts/s over the concurrencies / in-process texts/s (targets: >= 0.8 for one
+text per request, >= 0.9 for 8). Serve overhead per text = the CPU of the proxy, controller and every replica per
+text served, minus the in-process CPU per text of `model.encode` (targets for tiny: <= 12 ms for one text per
+request, <= 5 ms for 8). A request travels as one call per stage (per chunk of one batch's budget), so the
+per-request costs of the proxy and the ingress are shared by a request's texts. The load generator runs on the same
+cores as the server, so on a 2-core machine it takes a share of the CPU the server needs.
 
-    python bench/serve_load.py --models tiny minilm-small --concurrency 1 8 32 --texts-per-request 1 8 \
-        --requests 2000 --duration 30 --throughput-optimized
+    python bench/serve_load.py --models tiny minilm-small smollm2 --stages split fused --concurrency 1 8 32 \
+        --texts-per-request 1 8 --requests 2000 --duration 30 --throughput-optimized
 """
 
 from __future__ import annotations
@@ -30,24 +34,16 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-import pyarrow.parquet as pq
-import yaml
 from common import RESULTS, command, hardware, pyplot
+from serving import LOCAL_CONFIG, SAMPLE_TEXTS, local_app_args, local_serve, sample_texts
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-ROOT = Path(__file__).parents[1]
-STAGES = ("API", "ContextEncoder", "Decoder")
+STAGES = ("API", "ContextEncoder", "Decoder", "Model")
+SERVE_ROLES = ("proxy", "controller", *STAGES)  # the CPU that serving costs (not the load generator, not "other")
 
 
-def app_args(model: str, base: Path, args: argparse.Namespace) -> dict:
-    """serve_configs/local.yaml's args for `model`, with autoscaling that reacts within a short run."""
-    config = yaml.safe_load(base.read_text())
-    app = config["applications"][0]["args"]
-    app.update(model=model, served_model_name=model)
+def app_args(model: str, stages: str, base: Path, args: argparse.Namespace) -> dict:
+    """serve_configs/local.yaml's args for `model` and `stages`, with autoscaling that reacts within a short run."""
+    app = local_app_args(model, stages, base)
     for stage in ("encoder", "decoder"):
         if args.rows_per_pass:
             app[stage]["rows_per_pass"] = args.rows_per_pass
@@ -58,18 +54,20 @@ def app_args(model: str, base: Path, args: argparse.Namespace) -> dict:
     return app
 
 
-def in_process(model_name: str, texts: list[str], batch_size: int, repeats: int = 2) -> dict:
-    """`model.encode` throughput in this process (all cores), best of `repeats` after a warm-up."""
+def in_process(model_name: str, texts: list[str], batch_size: int, dtype: str, repeats: int = 2) -> dict:
+    """`model.encode` throughput in this process (all cores), best of `repeats` after a warm-up, and its CPU time
+    per text (every thread's)."""
     from causal2vec import Causal2Vec
 
-    model = Causal2Vec.from_pretrained(model_name, device="cpu", dtype="fp32")
+    model = Causal2Vec.from_pretrained(model_name, device="cpu", dtype=None if dtype == "auto" else dtype)
     model.encode(texts[:batch_size], batch_size=batch_size)
-    best = float("inf")
+    best, cpu = float("inf"), float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         model.encode(texts, batch_size=batch_size)
-        best = min(best, time.perf_counter() - t0)
-    return {"texts": len(texts), "batch_size": batch_size, "seconds": best, "texts_per_s": len(texts) / best}
+        best, cpu = min(best, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
+    return {"texts": len(texts), "batch_size": batch_size, "dtype": dtype, "seconds": best,
+            "texts_per_s": len(texts) / best, "cpu_ms_per_text": 1000 * cpu / len(texts)}
 
 
 def cpu_seconds_by_role() -> dict[str, float]:
@@ -154,20 +152,17 @@ async def load(url: str, model: str, texts: list[str], concurrency: int, per_req
             "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None}
 
 
-def run_model(model: str, texts: list[str], args: argparse.Namespace, port: int) -> dict:
+def run_model(model: str, stages: str, texts: list[str], args: argparse.Namespace, base: str,
+              baseline: dict) -> dict:
     from ray import serve
 
-    from causal2vec.serve.app import build_app, parse_args
+    from causal2vec.serve.app import build_app
 
-    config = app_args(model, Path(args.config), args)
-    batch_size = parse_args(config).decoder.max_batch_size
-    print(f"==> {model}: in-process model.encode, batch {batch_size}", flush=True)
-    baseline = in_process(model, texts[:args.baseline_texts], batch_size)
-    print(f"    {baseline['texts_per_s']:.1f} texts/s", flush=True)
-
-    name = f"bench-{model}"
+    config = app_args(model, stages, Path(args.config), args)
+    print(f"==> {model}, stages {stages}", flush=True)
+    name = f"bench-{model}-{stages}"
     serve.run(build_app(config), name=name, route_prefix=f"/{name}")
-    url = f"http://127.0.0.1:{port}/{name}/v1/embeddings"
+    url = f"{base}/{name}/v1/embeddings"
     sampler = ReplicaSampler(name)
     sampler.start()
     asyncio.run(load(url, model, texts, 4, 1, 20, 30, seed=0))  # warm-up
@@ -181,11 +176,18 @@ def run_model(model: str, texts: list[str], args: argparse.Namespace, port: int)
             # where the machine's CPU went during the phase (replicas that exited in it are missing)
             result["cpu_ms_per_request"] = {role: 1000 * (cpu_after[role] - cpu_before.get(role, 0.0))
                                             / max(result["requests"], 1) for role in sorted(cpu_after)}
+            served = max(result["requests"] * per_request, 1)
+            serve_ms = sum(ms for role, ms in result["cpu_ms_per_request"].items() if role in SERVE_ROLES) \
+                * result["requests"] / served
+            result["serve_cpu_ms_per_text"] = serve_ms
+            result["overhead_cpu_ms_per_text"] = serve_ms - baseline["cpu_ms_per_text"]
             runs.append(result)
             cpu = ", ".join(f"{role} {ms:.1f}" for role, ms in result["cpu_ms_per_request"].items())
             print(f"    {per_request} text(s)/request c={c:<3} {result['texts_per_s']:8.1f} texts/s  "
                   f"p50 {result['p50_ms']:7.1f} ms  p95 {result['p95_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
-                  f"failures {result['failures']}\n      CPU ms per request: {cpu}", flush=True)
+                  f"failures {result['failures']}\n      CPU ms per request: {cpu}\n      Serve CPU per text "
+                  f"{serve_ms:.1f} ms = forward {baseline['cpu_ms_per_text']:.1f} + overhead "
+                  f"{result['overhead_cpu_ms_per_text']:.1f}", flush=True)
     sampler.phase = "cool-down"
     print(f"    cool-down {args.cooldown:.0f}s (watching replicas scale down)", flush=True)
     time.sleep(args.cooldown)
@@ -193,17 +195,21 @@ def run_model(model: str, texts: list[str], args: argparse.Namespace, port: int)
     serve.delete(name)
     saturation = {}
     for per_request in args.texts_per_request:
-        peak = max((r for r in runs if r["texts_per_request"] == per_request), key=lambda r: r["texts_per_s"])
+        shape = [r for r in runs if r["texts_per_request"] == per_request]
+        peak = max(shape, key=lambda r: r["texts_per_s"])
         saturation[per_request] = {"concurrency": peak["concurrency"], "texts_per_s": peak["texts_per_s"],
-                                   "ratio": peak["texts_per_s"] / baseline["texts_per_s"]}
+                                   "ratio": peak["texts_per_s"] / baseline["texts_per_s"],
+                                   "overhead_cpu_ms_per_text": min(r["overhead_cpu_ms_per_text"] for r in shape)}
     under_load = [s for s in sampler.samples if s["phase"].startswith("load")]
     summary = {
-        "in_process": baseline, "serve": runs, "app_args": config, "saturation": saturation,
+        "model": model, "stages": stages, "in_process": baseline, "serve": runs, "app_args": config,
+        "saturation": saturation,
         "replicas": sampler.samples,
         "max_replicas_under_load": {d: max((s.get(d, 0) for s in under_load), default=0) for d in STAGES},
         "replicas_at_end": {d: sampler.samples[-1].get(d, 0) for d in STAGES} if sampler.samples else {},
     }
-    ratios = ", ".join(f"{n} text(s)/request {s['ratio']:.2f}" for n, s in saturation.items())
+    ratios = ", ".join(f"{n} text(s)/request {s['ratio']:.2f} (overhead {s['overhead_cpu_ms_per_text']:.1f} ms/text)"
+                       for n, s in saturation.items())
     print(f"    saturation ratio {ratios}; replicas max under load "
           f"{summary['max_replicas_under_load']}, at the end {summary['replicas_at_end']}", flush=True)
     return summary
@@ -232,7 +238,9 @@ def plot(results: dict, path: Path) -> None:
             span = [s["t"] for s in r["replicas"] if s["phase"] == phase]
             axes[2].axvspan(span[0], span[-1], color=color, alpha=0.08)
             axes[2].text(span[0], top + 0.3 - 0.12 * row, phase.removeprefix("load "), fontsize=6, color=color)
-        for stage, style in (("ContextEncoder", "--"), ("Decoder", "-")):
+        for stage, style in (("ContextEncoder", "--"), ("Decoder", "-"), ("Model", ":")):
+            if not any(stage in s for s in r["replicas"]):
+                continue
             axes[2].step(ts, [s.get(stage, 0) for s in r["replicas"]], where="post", linestyle=style,
                          color=color, label=f"{model} {stage}")
     concurrency = sorted({x["concurrency"] for r in results.values() for x in r["serve"]})
@@ -253,14 +261,15 @@ def plot(results: dict, path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["tiny", "minilm-small"])
+    parser.add_argument("--stages", nargs="+", default=["split", "fused"], choices=["split", "fused"])
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=2000, help="requests per concurrency level (at most)")
     parser.add_argument("--duration", type=float, default=30, help="seconds per concurrency level (at most)")
     parser.add_argument("--texts-per-request", nargs="+", type=int, default=[1, 8],
                         help="request shapes: texts per request, each run at every concurrency")
-    parser.add_argument("--texts", default=str(ROOT / "platform/causal2vec/samples/corpus.parquet"))
+    parser.add_argument("--texts", default=str(SAMPLE_TEXTS))
     parser.add_argument("--baseline-texts", type=int, default=512, help="texts timed for the in-process baseline")
-    parser.add_argument("--config", default=str(ROOT / "serve_configs/local.yaml"), help="the app's base args")
+    parser.add_argument("--config", default=str(LOCAL_CONFIG), help="the app's base args")
     parser.add_argument("--rows-per-pass", type=int, help="override the config's rows per forward pass")
     parser.add_argument("--max-replicas", type=int, default=2)
     parser.add_argument("--target-ongoing", type=float, default=2, help="autoscaling target per replica")
@@ -274,26 +283,19 @@ def main() -> int:
     parser.add_argument("--output", default=str(RESULTS / "serve_load.json"))
     args = parser.parse_args()
 
-    import ray
-    from ray import serve
-
-    from causal2vec.cli import quiet_third_party
-
-    quiet_third_party(verbose=False)
-    if args.throughput_optimized:  # read by every Serve process at import: set before the cluster starts
-        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
-    texts = pq.read_table(args.texts, columns=["text"])["text"].to_pylist()
-    np.random.default_rng(0).shuffle(texts)
-    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
-    from causal2vec.tools.processes import free_port
-
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        results = {model: run_model(model, texts, args, port) for model in args.models}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    texts = sample_texts(Path(args.texts))
+    results = {}
+    with local_serve(args.throughput_optimized) as base:
+        for model in args.models:
+            config = app_args(model, "split", Path(args.config), args)
+            batch_size = config.get("encoder", {}).get("max_batch_size", 64)
+            print(f"==> {model}: in-process model.encode, batch {batch_size}, {config.get('dtype', 'auto')}",
+                  flush=True)
+            baseline = in_process(model, texts[:args.baseline_texts], batch_size, config.get("dtype", "auto"))
+            print(f"    {baseline['texts_per_s']:.1f} texts/s, {baseline['cpu_ms_per_text']:.1f} CPU ms/text",
+                  flush=True)
+            for stages in args.stages:
+                results[f"{model} {stages}"] = run_model(model, stages, texts, args, base, baseline)
     report = {"command": command(), "hardware": hardware(), "texts": args.texts, "settings": vars(args),
               "results": results}
     out = Path(args.output)
@@ -301,15 +303,18 @@ def main() -> int:
     out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     plot(results, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
-    print("\n| model | texts/request | in-process texts/s | "
-          + " | ".join(f"c={c} texts/s (p50 / p95 ms)" for c in args.concurrency) + " | ratio | replicas max / end |")
-    print("|---" * (5 + len(args.concurrency)) + "|")
-    for model, r in results.items():
+    print("\n| model, stages | texts/request | in-process texts/s | "
+          + " | ".join(f"c={c} texts/s (p50 / p95 ms)" for c in args.concurrency)
+          + " | ratio | Serve overhead CPU ms/text | model replicas max / end |")
+    print("|---" * (6 + len(args.concurrency)) + "|")
+    for label, r in results.items():
+        model_stage = "Model" if r["stages"] == "fused" else "Decoder"
         for per_request, peak in r["saturation"].items():
             cells = " | ".join(f"{x['texts_per_s']:.1f} ({x['p50_ms']:.0f} / {x['p95_ms']:.0f})"
                                for x in r["serve"] if x["texts_per_request"] == per_request)
-            print(f"| {model} | {per_request} | {r['in_process']['texts_per_s']:.1f} | {cells} | {peak['ratio']:.2f} "
-                  f"| {r['max_replicas_under_load']['Decoder']} / {r['replicas_at_end'].get('Decoder')} |")
+            print(f"| {label} | {per_request} | {r['in_process']['texts_per_s']:.1f} | {cells} | {peak['ratio']:.2f} "
+                  f"| {peak['overhead_cpu_ms_per_text']:.1f} | {r['max_replicas_under_load'][model_stage]} / "
+                  f"{r['replicas_at_end'].get(model_stage)} |")
     return 0
 
 

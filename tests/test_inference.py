@@ -63,7 +63,8 @@ def test_encode_the_bulk_stages_and_the_serve_stages_share_the_runner(tiny, runn
     requests = [slice(0, 3), slice(3, n)]  # two requests' calls merged into one batch per stage
     ctx = context_vectors(load_model("tiny", "encoder"), [TokenRows.pack(enc_ids[r]) for r in requests],
                           ROWS_PER_PASS)
-    calls = [DecoderCall(TokenRows.pack(dec_ids[r]), None, None, sum(lengths[r])) for r in requests]
+    calls = [DecoderCall(TokenRows.pack(dec_ids[r]), [None] * len(dec_ids[r]), [None] * len(dec_ids[r]),
+                         sum(lengths[r])) for r in requests]
     served, _ = embeddings(load_model("tiny", "decoder"), list(zip(calls, ctx)), ROWS_PER_PASS)
     assert runner_calls == [n, n], "serve: the encoder replica's batch and the decoder replica's batch"
     assert [len(v) for v in served] == [3, n - 3]

@@ -237,7 +237,7 @@ def test_a_failing_item_does_not_fail_the_requests_batched_with_it(serve_url, ti
 
     async def run():
         bad = [encoder.remote(bad_rows) for _ in range(4)] + \
-              [decoder.remote(DecoderCall(bad_rows, None, None, 4), ctx) for _ in range(4)]
+              [decoder.remote(DecoderCall(bad_rows, [None], [None], 4), ctx) for _ in range(4)]
         async with httpx.AsyncClient(timeout=120) as client:
             good = [client.post(f"{serve_url}/v1/embeddings", json={"model": "tiny", "input": TEXTS})
                     for _ in range(8)]
@@ -255,6 +255,34 @@ def test_a_failing_item_does_not_fail_the_requests_batched_with_it(serve_url, ti
 
 async def _awaited(response):
     return await response
+
+
+def test_the_ingress_merges_concurrent_requests_and_isolates_a_bad_one(serve_url, tiny):
+    """The ingress's side of the stages, on the real deployments: requests sent together travel as one call per
+    stage; one that fails in the model (token ids past the vocabulary, which HTTP never lets through) fails alone."""
+    from ray import serve
+
+    from causal2vec.serve.config import parse_args
+    from causal2vec.serve.stage_calls import StageCalls
+    from causal2vec.serve.wire import Prepared
+
+    builder = tiny.builder
+
+    def prepared(texts):
+        dec = builder.tokenize_for_decoder(texts)
+        return Prepared(builder.tokenize_for_encoder(texts), dec, builder.decoder_lengths(dec)[0], None, None)
+
+    good = [prepared(TEXTS[i:i + 2]) for i in range(0, 6, 2)]
+    bad = Prepared([[10**7, 5]], [[10**7, 5]], [4], None, None)
+
+    async def run():
+        stages = StageCalls(serve.get_deployment_handle("ContextEncoder", APP),
+                            serve.get_deployment_handle("Decoder", APP), parse_args({"model": "tiny"}))
+        return await asyncio.gather(*(stages.run(r) for r in [good[0], bad, *good[1:]]), return_exceptions=True)
+
+    out = asyncio.run(run())
+    assert isinstance(out[1], Exception) and getattr(out[1], "status", None) == 500, out[1]
+    np.testing.assert_allclose(np.concatenate([out[0], *out[2:]]), tiny.encode(TEXTS), atol=1e-5)
 
 
 def test_each_replica_loads_only_its_part_of_the_model(serve_url, tiny):

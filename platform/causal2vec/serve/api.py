@@ -116,7 +116,7 @@ class EmbeddingAPI:
         async def http_error(_: Request, exc: HTTPException):
             return APIError(exc.status_code, str(exc.detail)).response()
 
-        docs = openapi_routes()
+        docs = openapi_routes(self.args.served_model_name, sorted(self.args.tasks))
 
         @app.post("/v1/embeddings", **docs["embeddings"])
         async def embeddings(request: Request):

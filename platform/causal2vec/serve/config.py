@@ -31,6 +31,8 @@ class StageArgs(Strict):
     max_ongoing_requests: int | None = Field(None, ge=1, description="calls a replica holds at once (a batch merges "
                                                                    "at most this many)")
     max_queued_requests: int = Field(2048, ge=-1, description="calls queued before callers get 503 (-1: no limit)")
+    access_log: bool = Field(False, description="log every call the replica handles (a few hundred microseconds of "
+                                                "CPU each; the ingress's log already has every HTTP request)")
 
     @field_validator("autoscaling_config")
     @classmethod
@@ -55,7 +57,8 @@ class StageArgs(Strict):
     def deployment_options(self, default_ongoing: int) -> dict[str, Any]:
         options: dict[str, Any] = {"ray_actor_options": self.ray_actor_options,
                                    "max_ongoing_requests": self.max_ongoing_requests or default_ongoing,
-                                   "max_queued_requests": self.max_queued_requests}
+                                   "max_queued_requests": self.max_queued_requests,
+                                   "logging_config": {"enable_access_log": self.access_log}}
         if self.autoscaling_config is not None:
             options["autoscaling_config"] = self.autoscaling_config
         if self.num_replicas is not None:
@@ -82,6 +85,9 @@ class DecoderArgs(ModelStageArgs):
 
 class IngressArgs(StageArgs):
     ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 0.25})
+    access_log: bool = Field(True, description="log every HTTP request (method, path, status, latency)")
+    coalesce_wait_s: float = Field(0.002, ge=0, description="how long the ingress collects concurrent requests into "
+                                                            "one call per model stage (each call costs CPU)")
     max_queued_requests: int = Field(-1, ge=-1, description="requests queued before callers get 503 (-1: no limit)")
 
 
@@ -104,7 +110,8 @@ class ServeArgs(Strict):
                                               "scale on their own (GPU); fused: one deployment runs both (small "
                                               "models, CPU hosts); `decoder:` configures it")
     tasks: dict[str, str] = Field(default_factory=lambda: {"query": QUERY_INSTRUCTION, "document": ""})
-    health_timeout_s: float = Field(5.0, gt=0, description="how long /health waits for each deployment")
+    health_timeout_s: float = Field(2.0, gt=0, description="how long /health waits for each deployment (under a "
+                                    "typical client timeout of 5 s, so a lost stage is a 503, not a timeout)")
     encoder: EncoderArgs = Field(default_factory=EncoderArgs)
     decoder: DecoderArgs = Field(default_factory=DecoderArgs)
     ingress: IngressArgs = Field(default_factory=IngressArgs)

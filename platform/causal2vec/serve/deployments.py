@@ -7,9 +7,9 @@ DecoderDeployment:        decoder token ids + CTX vectors -> embeddings (the LLM
 `stages: fused` runs FusedDeployment, which holds the whole model and does both (small models, CPU hosts: one hop
 fewer, no CTX vectors on the wire).
 
-The ingress tokenizes (it must count tokens and check truncation before anything is batched) and sends one call
-per request chunk per stage (serve/wire.py); @serve.batch merges calls across requests, and results are split back
-per call. A batch runs through the stage runner (model/inference.py); `context_vectors` and `embeddings` below are
+The ingress tokenizes (it must count tokens and check truncation before anything is batched), merges the requests
+that arrive together and sends their texts in one call per stage (serve/wire.py); @serve.batch merges calls from
+several ingress replicas, and results are split back per call. A batch runs through the stage runner (model/inference.py); `context_vectors` and `embeddings` below are
 the adapters, which is what makes served vectors equal `model.encode`'s.
 """
 
@@ -43,14 +43,13 @@ def context_vectors(model, calls: list[TokenRows], rows_per_pass: int) -> list[n
 
 
 def embeddings(model, calls: list[tuple[DecoderCall, np.ndarray | None]], rows_per_pass: int):
-    """The decoder's batch: each call's rows and CTX vectors -> its embeddings, with the call's instruction and
-    normalisation; also the padded tokens the passes ran."""
+    """The decoder's batch: each call's rows and CTX vectors -> its embeddings, each row with its own instruction
+    and normalisation; also the padded tokens the passes ran."""
     rows, instructions, normalize = [], [], []
     for call, _ in calls:
-        ids = call.ids.rows()
-        rows += ids
-        instructions += [call.instruction] * len(ids)
-        normalize += [call.normalize] * len(ids)
+        rows += call.ids.rows()
+        instructions += call.instructions
+        normalize += call.normalize
     ctx = np.concatenate([c for _, c in calls]) if model.config.use_ctx_token else None
     out = decoder_pass(model, rows, ctx, instructions=instructions, normalize=normalize, rows_per_pass=rows_per_pass)
     return _split(out.vectors, [len(call.ids) for call, _ in calls]), out.padded_tokens

@@ -171,18 +171,24 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return chain
 
 
-def openapi_routes() -> dict[str, dict]:
+def openapi_routes(model: str, tasks: list[str]) -> dict[str, dict]:
     """The OpenAPI details FastAPI cannot see (the routes read raw bodies to check them themselves): request body
-    schemas and the error envelope, for clients and fuzzers reading /openapi.json."""
+    schemas (with the one model this server serves and its task names) and the error envelope, for clients and
+    fuzzers reading /openapi.json."""
     error = {"content": {"application/json": {"schema": ERROR_SCHEMA}}}
     errors = {str(code): {"description": text, **error} for code, text in (
         (400, "malformed input"), (401, "missing or invalid API key"), (404, "unknown model, table or route"),
         (413, "body over the limit"), (422, "valid JSON the model cannot serve"),
         (503, "overloaded, or a replica lost: retry after Retry-After"))}
 
-    def body(model: type[BaseModel]) -> dict:
-        return {"openapi_extra": {"requestBody": {"required": True, "content": {
-            "application/json": {"schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}}}},
+    def body(request: type[BaseModel]) -> dict:
+        schema = request.model_json_schema()
+        schema["properties"]["model"] = {"type": "string", "enum": [model]}
+        if "input" in schema["properties"]:  # the model reads `Any` to give its own errors; clients send text
+            text = {"type": "string", "minLength": 1}
+            schema["properties"]["input"] = {"anyOf": [text, {"type": "array", "items": text, "minItems": 1}]}
+        schema["properties"]["task"] = {"anyOf": [{"type": "string", "enum": tasks}, {"type": "null"}]}
+        return {"openapi_extra": {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}},
                 "responses": errors}
 
     return {"embeddings": body(EmbeddingRequest), "search": body(SearchRequest), "other": {"responses": errors},

@@ -1,4 +1,12 @@
-"""The ingress's side of the model stages: one call per stage per request chunk, and whether the stages answer."""
+"""The ingress's side of the model stages: requests that arrive together go out as one call per stage, and /health
+asks whether the stages answer.
+
+Each handle call costs the ingress (Serve's router) and the model replica a few ms of CPU whatever it carries, so the
+ingress collects the requests that arrive within `coalesce_wait_s`, concatenates their texts and cuts them into calls
+that fit one batch's budget (a big request spans several calls, small ones share one). Results are sliced back per
+request. A call that fails for a reason other than load or a lost replica is retried request by request, so one bad
+request never fails the requests it travelled with.
+"""
 
 # No `from __future__ import annotations` (see api.py): Serve pickles the ingress, and this class with it.
 import asyncio
@@ -10,6 +18,8 @@ import numpy as np
 from causal2vec.serve.config import ServeArgs
 from causal2vec.serve.protocol import awaitable, model_error
 from causal2vec.serve.wire import DecoderCall, Prepared, TokenRows, chunks
+
+RETRYABLE = 503  # overloaded, replica lost, not ready: the same for every request in the call
 
 
 class StageCalls:
@@ -26,23 +36,63 @@ class StageCalls:
             ({"encoder": encoder} if encoder is not None else {})
         self._answered = {name: asyncio.Event() for name in self.handles}  # set when a call on the stage succeeds
         self._answered_since = dict.fromkeys(self.handles, 0.0)  # when the latest successful call was sent
+        self._waiting: list[tuple[Prepared, asyncio.Future]] = []
+        self._collector: asyncio.Future | None = None
+        self._sending: set[asyncio.Future] = set()  # the event loop keeps only weak references to tasks
         self.m_in_flight = Gauge("causal2vec_items_in_flight",
                                  description="Texts sent to the model deployments and not yet answered.")
         self._in_flight = 0
 
     async def run(self, request: Prepared) -> list[np.ndarray]:
-        """One call per stage per chunk (a chunk fits one batch's budget; most requests are one chunk). In split
-        mode the encoder's response is handed to the decoder call, not awaited here."""
+        """The request's vectors, sent with the requests that arrive within `coalesce_wait_s` of it."""
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((request, future))
+        if self._collector is None or self._collector.done():
+            self._collector = asyncio.ensure_future(self._collect())
+        return await future
+
+    async def _collect(self) -> None:
+        await asyncio.sleep(self.args.ingress.coalesce_wait_s)
+        jobs, self._waiting = self._waiting, []
+        task = asyncio.ensure_future(self._send(jobs))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, jobs: list[tuple[Prepared, asyncio.Future]]) -> None:
+        try:
+            vectors = await self._call([request for request, _ in jobs])
+        except Exception as exc:  # noqa: BLE001 - every waiting request must get an answer
+            if len(jobs) > 1 and getattr(exc, "status", None) != RETRYABLE:  # find the request at fault: each alone
+                await asyncio.gather(*(self._send([job]) for job in jobs))
+                return
+            for _, future in jobs:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        start = 0
+        for request, future in jobs:
+            end = start + len(request.lengths)
+            if not future.done():  # the client may have gone
+                future.set_result(vectors[start:end])
+            start = end
+
+    async def _call(self, requests: list[Prepared]) -> list[np.ndarray]:
+        """The requests' texts in calls that fit one batch each; in split mode the encoder's response is handed to
+        the decoder call, not awaited here."""
+        lengths = [n for r in requests for n in r.lengths]
+        dec_ids = [ids for r in requests for ids in r.decoder_ids]
+        enc_ids = [ids for r in requests for ids in r.encoder_ids] if requests[0].encoder_ids is not None else None
+        instructions = [r.instruction for r in requests for _ in r.lengths]
+        normalize = [r.normalize for r in requests for _ in r.lengths]
         responses, started = [], time.monotonic()
-        n = len(request.lengths)
-        self._in_flight += n
+        self._in_flight += len(lengths)
         self.m_in_flight.set(self._in_flight)
         try:
-            for part in chunks(request.lengths, self.args.encoder.max_batch_size, self.args.decoder.max_batch_tokens):
-                enc = TokenRows.pack(request.encoder_ids[part.start:part.stop]) \
-                    if request.encoder_ids is not None else None
-                call = DecoderCall(TokenRows.pack(request.decoder_ids[part.start:part.stop]), request.instruction,
-                                   request.normalize, sum(request.lengths[part.start:part.stop]))
+            for part in chunks(lengths, self.args.encoder.max_batch_size, self.args.decoder.max_batch_tokens):
+                rows = slice(part.start, part.stop)
+                enc = TokenRows.pack(enc_ids[rows]) if enc_ids is not None else None
+                call = DecoderCall(TokenRows.pack(dec_ids[rows]), instructions[rows], normalize[rows],
+                                   sum(lengths[rows]))
                 if self.fused:  # back-pressure can raise right here, at the call
                     responses.append(self.decoder.remote(enc, call))
                 else:
@@ -50,12 +100,12 @@ class StageCalls:
                     responses.append(self.decoder.remote(call, ctx))
             vectors = await asyncio.gather(*(awaitable(r) for r in responses))
         except Exception as exc:
-            for response in responses:  # the first failure fails the request: stop the rest
+            for response in responses:  # the first failure fails the call: stop the rest
                 with contextlib.suppress(Exception):  # cancel() re-raises a call's own failure
                     response.cancel()
             raise model_error(exc) from exc
         finally:
-            self._in_flight -= n
+            self._in_flight -= len(lengths)
             self.m_in_flight.set(self._in_flight)
         self._mark_answered(started)
         return [v for part in vectors for v in part]

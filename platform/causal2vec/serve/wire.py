@@ -1,7 +1,8 @@
-"""What travels between the ingress and the model stages: one call per request chunk per stage.
+"""What travels between the ingress and the model stages: one call per stage carries many texts.
 
-A request's texts go to a stage in one handle call (not one call per text: each call costs the proxy, ingress and
-replica a few ms of CPU whatever it carries), and each stage's `@serve.batch` merges calls from many requests.
+The ingress merges the requests that arrive together and sends their texts to a stage in one handle call (not one
+call per text, nor per request: each call costs the ingress and the replica a few ms of CPU whatever it carries),
+and each stage's `@serve.batch` merges calls from several ingress replicas.
 Token ids travel as one int32 buffer plus offsets (`TokenRows`), which pickles an order of magnitude faster than
 lists of Python ints. Each stage's batch has a budget (encoder: texts; decoder and fused: decoder tokens, layout
 included); the ingress cuts a request into chunks that fit it (`chunks`), so no call is ever too big for a batch.
@@ -53,12 +54,13 @@ class Prepared:
 
 @dataclass
 class DecoderCall:
-    """One request chunk for the decoder: its rows, the request's instruction and normalisation, and `tokens`, the
-    rows' length in the decoder input (layout included, after truncation): the chunk's cost against the budget."""
+    """One call's rows for the decoder, each row's instruction and normalisation (rows come from several requests),
+    and `tokens`, the rows' length in the decoder input (layout included, after truncation): the call's cost against
+    the batch budget."""
 
     ids: TokenRows
-    instruction: str | None
-    normalize: bool | None
+    instructions: list[str | None]
+    normalize: list[bool | None]
     tokens: int
 
 
@@ -74,7 +76,7 @@ def tokens_in(calls: list[DecoderCall]) -> int:
 
 
 def chunks(lengths: Sequence[int], max_texts: int, max_tokens: int) -> list[range]:
-    """Consecutive slices of a request's rows, each within both budgets (every single row fits: the server refuses
+    """Consecutive slices of rows, each within both budgets (every single row fits: the server refuses
     at start-up a token budget below the model's longest input)."""
     out, start, tokens = [], 0, 0
     for i, n in enumerate(lengths):
