@@ -3,9 +3,8 @@ its OpenAPI document.
 
 Everything a client can get wrong is checked here (protocol.py), before anything reaches a batch that other
 requests share: the ingress parses, validates, tokenizes and checks truncation (in a worker thread: a big request
-must not stall the event loop that answers everyone else), then sends each request chunk (serve/wire.py) in one call
-per stage. In split mode the encoder's DeploymentResponse goes straight into the decoder call (not awaited in
-between), so Serve pipelines the two stages; each stage's @serve.batch merges calls across requests.
+must not stall the event loop that answers everyone else), then hands the request to StageCalls
+(serve/stage_calls.py), which merges it with the requests arriving with it into one call per stage.
 
 The ingress holds no model: the model's LanceDB identity (what search checks tables against) is built at start-up
 from the decoder replica's description and a probe text sent through both stages.
