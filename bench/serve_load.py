@@ -1,23 +1,24 @@
 """Serving under load: loopback HTTP against the Serve app, compared with in-process `model.encode`.
 
 For each model: time `model.encode` in this process (same texts and dtype; the better of two batch sizes, the
-encoder's max_batch_size and the app's rows per pass; wall time and CPU time), then for each `--stages` mode start the app from
-serve_configs/local.yaml's args (autoscaling delays shortened so a short run shows scaling), and for each request
-shape (texts per request) and each concurrency run closed-loop clients (each sends a request, waits for the answer,
-sends the next) until --requests requests or --duration seconds, recording throughput and latency percentiles and
-the CPU every process spent (by role: proxy, ingress, each model deployment, controller, this load generator,
-other). A background thread samples the replica counts with serve.status() every second, through the load and a
-cool-down, to show autoscaling add replicas under load and remove them after.
+encoder's max_batch_size and the app's rows per pass; wall time and CPU time), then for each `--stages` mode start
+the app from serve_configs/local.yaml's args (autoscaling delays shortened so a short run shows scaling), and for
+each request shape (texts per request) and each concurrency run closed-loop clients (each sends a request, waits for
+the answer, sends the next) until --requests requests or --duration seconds, recording throughput and latency
+percentiles and the CPU every process spent (by role: proxy, ingress, each model deployment, controller, this load
+generator, other). A background thread samples the replica counts with serve.status() every second, through the
+load and a cool-down, to show autoscaling add replicas under load and remove them after.
 
 saturation ratio = the best served texts/s over the concurrencies / in-process texts/s (targets: >= 0.8 for one
 text per request, >= 0.9 for 8). Serve overhead per text = the CPU of the proxy, controller and every replica per
 text served, minus the in-process CPU per text of `model.encode` (targets for tiny: <= 12 ms for one text per
-request, <= 5 ms for 8). A request travels as one call per stage (per chunk of one batch's budget), so the
-per-request costs of the proxy and the ingress are shared by a request's texts. The load generator runs on the same
-cores as the server, so on a 2-core machine it takes a share of the CPU the server needs.
+request, <= 5 ms for 8). The proxy's and the ingress's per-request costs are shared by a request's texts, and the
+ingress merges concurrent requests into one call per model stage. Clients ask for base64 answers, as the openai
+client does. The load generator runs on the same cores as the server, so on a 2-core machine it takes a share of the
+CPU the server needs. `--throughput-optimized` starts the cluster in Serve's throughput-optimized mode.
 
     python bench/serve_load.py --models tiny minilm-small smollm2 --stages split fused --concurrency 1 8 32 \
-        --texts-per-request 1 8 --requests 2000 --duration 30 --throughput-optimized
+        --texts-per-request 1 8 --requests 2000 --duration 15 --cooldown 20
 """
 
 from __future__ import annotations

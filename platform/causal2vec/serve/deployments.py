@@ -9,8 +9,9 @@ fewer, no CTX vectors on the wire).
 
 The ingress tokenizes (it must count tokens and check truncation before anything is batched), merges the requests
 that arrive together and sends their texts in one call per stage (serve/wire.py); @serve.batch merges calls from
-several ingress replicas, and results are split back per call. A batch runs through the stage runner (model/inference.py); `context_vectors` and `embeddings` below are
-the adapters, which is what makes served vectors equal `model.encode`'s.
+several ingress replicas, and results are split back per call. A batch runs through the stage runner
+(model/inference.py); `context_vectors` and `embeddings` below are the adapters, which is what makes served vectors
+equal `model.encode`'s.
 """
 
 from __future__ import annotations

@@ -188,8 +188,8 @@ def openapi_routes(model: str, tasks: list[str]) -> dict[str, dict]:
             text = {"type": "string", "minLength": 1}
             schema["properties"]["input"] = {"anyOf": [text, {"type": "array", "items": text, "minItems": 1}]}
         schema["properties"]["task"] = {"anyOf": [{"type": "string", "enum": tasks}, {"type": "null"}]}
-        return {"openapi_extra": {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}},
-                "responses": errors}
+        content = {"application/json": {"schema": schema}}
+        return {"openapi_extra": {"requestBody": {"required": True, "content": content}}, "responses": errors}
 
     return {"embeddings": body(EmbeddingRequest), "search": body(SearchRequest), "other": {"responses": errors},
             "health": {"responses": {"503": {"description": "a stage is not ready", **error}}}}
