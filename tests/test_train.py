@@ -95,6 +95,8 @@ def test_a_killed_worker_is_recovered_from_the_last_checkpoint(ray_session, tmp_
 def test_bad_configs_and_data_are_named(ray_session, tmp_path):
     with pytest.raises(Causal2VecError, match="optim.learning_rate: Extra inputs"):
         load_config(CONFIG, ["optim.learning_rate=1"])
+    with pytest.raises(Causal2VecError, match="ray.worker_resources: .*custom resources"):
+        load_config(CONFIG, ["ray.worker_resources={GPU: 1}"])
     with pytest.raises(Causal2VecError, match="no such file"):
         load_config(tmp_path / "missing.yaml")
     import pyarrow as pa

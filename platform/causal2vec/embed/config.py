@@ -19,6 +19,8 @@ class TokenizeSection(Strict):
     concurrency: str = Field("1-2", description="actor pool size: N, or MIN-MAX to autoscale",
                              json_schema_extra={"metavar": "N|MIN-MAX"})
     num_cpus: float = Field(1.0, description="CPUs per actor", json_schema_extra={"flag": "cpus"})
+    resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources each actor needs, "
+                                        "e.g. {encoder_node: 1}: the pool runs only on nodes that declare them")
 
     @field_validator("concurrency", mode="before")
     @classmethod
@@ -28,6 +30,11 @@ class TokenizeSection(Strict):
         if not (low.isdigit() and (not high or high.isdigit())) or int(low) < 1 or (high and int(high) < int(low)):
             raise ValueError(f"expected N or MIN-MAX with 1 <= MIN <= MAX, got {value!r}")
         return value
+
+    def ray_args(self) -> dict[str, Any]:
+        """The pool's resource arguments for `map_batches` / `ray.remote` (no GPUs or custom resources: left out)."""
+        extra = {"num_gpus": getattr(self, "num_gpus", 0.0), "resources": self.resources}
+        return {"num_cpus": self.num_cpus, **{key: value for key, value in extra.items() if value}}
 
     def strategy(self):
         from ray.data import ActorPoolStrategy

@@ -119,5 +119,4 @@ def _model_identity(config: EmbedConfig) -> dict[str, Any]:
     res = config.decoder
     if not (res.num_gpus or config.encoder.num_gpus):  # CPU actors: identify the model as they will run it
         return _identity(config.model, "cpu" if config.device == "auto" else config.device, config.dtype)
-    return ray_call(ray.remote(num_cpus=res.num_cpus, num_gpus=res.num_gpus)(_identity).remote(
-        config.model, config.device, config.dtype))
+    return ray_call(ray.remote(**res.ray_args())(_identity).remote(config.model, config.device, config.dtype))

@@ -89,19 +89,18 @@ def model_stages(ds, config: EmbedConfig):
     if config.stages == "fused":
         return ds.map_batches(FusedStage, fn_constructor_kwargs={**common, "instruction": config.instruction},
                               batch_size=config.batch_size, batch_format="pyarrow", compute=dec.strategy(),
-                              num_cpus=dec.num_cpus, num_gpus=dec.num_gpus or None)
+                              **dec.ray_args())
     tok = config.tokenize
     ds = ds.map_batches(TokenizeStage, fn_constructor_kwargs={"model": config.model, "use_encoder": use_encoder},
                         batch_size=config.batch_size, batch_format="pyarrow", compute=tok.strategy(),
-                        num_cpus=tok.num_cpus)
+                        **tok.ray_args())
     if use_encoder:
         enc = config.encoder
         ds = ds.map_batches(EncoderStage, fn_constructor_kwargs=common, batch_size=config.batch_size,
-                            batch_format="pyarrow", compute=enc.strategy(), num_cpus=enc.num_cpus,
-                            num_gpus=enc.num_gpus or None)
+                            batch_format="pyarrow", compute=enc.strategy(), **enc.ray_args())
     return ds.map_batches(DecoderStage, fn_constructor_kwargs={**common, "instruction": config.instruction},
                           batch_size=config.batch_size, batch_format="pyarrow", compute=dec.strategy(),
-                          num_cpus=dec.num_cpus, num_gpus=dec.num_gpus or None)
+                          **dec.ray_args())
 
 
 def vector_column(matrix: np.ndarray) -> pa.Array:

@@ -37,6 +37,10 @@ def ray_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, **JOB_ENVIRONMENT, "RAY_AUTH_MODE": "disabled",
            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # patience on a busy 2-core machine: the dashboard took over a minute to import (`ray start` waits 60 s by
+    # default), and the raylet waits for its dashboard agent (30 s by default) before it registers
+    env.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "300")
+    env.setdefault("RAY_agent_register_timeout_ms", "300000")
     for key in ("RAY_ADDRESS", "RAY_DASHBOARD_ADDRESS", "RAY_API_SERVER_ADDRESS"):
         env.pop(key, None)  # every command here names its cluster explicitly
     return {**env, **(extra or {})}

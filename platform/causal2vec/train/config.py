@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from causal2vec.config import Pooling, Strict, absolute, absolute_if_exists, load
 from causal2vec.model.config import LoraSettings
@@ -120,6 +120,8 @@ class RaySection(Strict):
     use_gpu: bool = False
     cpus_per_worker: float = 1
     gpus_per_worker: float = 1
+    # custom Ray resources each Train worker needs, e.g. {a100_node: 1}: workers run only on nodes declaring them
+    worker_resources: dict[str, float] = Field(default_factory=dict)
     storage_path: str = "./runs"
     name: str = "causal2vec"
     checkpoint_every_steps: int = 50
@@ -127,6 +129,14 @@ class RaySection(Strict):
     max_failures: int = 1
     report_every_steps: int = 10
     fail_at_step: int | None = None  # fault-injection for tests: rank 1 dies once at this step
+
+    @field_validator("worker_resources")
+    @classmethod
+    def _custom_only(cls, value: dict[str, float]) -> dict[str, float]:
+        if {"CPU", "GPU"} & set(value):
+            raise ValueError("CPUs and GPUs are ray.cpus_per_worker / ray.gpus_per_worker; worker_resources holds "
+                             "custom resources")
+        return value
 
 
 class TrainConfig(Strict):

@@ -29,7 +29,7 @@ def run_training(config: TrainConfig):
         datasets[f"train{i}"] = prepared.dataset
 
     worker_env = {} if config.ray.use_gpu else {"DS_ACCELERATOR": "cpu"}  # set by each worker before deepspeed
-    resources = {"CPU": config.ray.cpus_per_worker}
+    resources = {"CPU": config.ray.cpus_per_worker, **config.ray.worker_resources}
     if config.ray.use_gpu:
         resources["GPU"] = config.ray.gpus_per_worker
     trainer = TorchTrainer(
