@@ -59,8 +59,64 @@ def run(cmd: list[str], cwd: Path, what: str, timeout: float = 300) -> str:
     return out.stdout
 
 
+class OwnedProcesses:
+    """What LocalHead and tools/cluster/nodes.RayNode share: stopping every process they own (`processes()`, the
+    pids in `seen`, their `temp_dir`) and checking that none is left."""
+
+    seen: set[int]
+    temp_dir: Path | None
+
+    def processes(self) -> list:
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 5) -> dict[str, Any]:
+        """Terminate every process, kill what remains after `timeout` (gcs_server, the raylet and some agents outwait
+        a SIGTERM for tens of seconds; nothing here needs a graceful exit) and check none is alive."""
+        import psutil
+
+        procs = self.processes()
+        for proc in procs:
+            try:
+                proc.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=timeout)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=10)
+        left = self.leftovers()
+        if self.temp_dir is not None and not left:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+        return {"stopped": len(procs), "seen": len(self.seen), "left": left,
+                "temp_dir": str(self.temp_dir), "temp_dir_removed": self.temp_dir is not None and not
+                self.temp_dir.exists()}
+
+    def leftovers(self) -> list[dict[str, Any]]:
+        """Processes still alive: any pid seen, or anything naming the temp dir."""
+        import psutil
+
+        left = {p.pid: p for p in self.processes()}
+        for pid in self.seen:
+            try:
+                proc = psutil.Process(pid)
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    left[pid] = proc
+            except psutil.NoSuchProcess:
+                continue
+        out = []
+        for pid, proc in sorted(left.items()):
+            try:
+                out.append({"pid": pid, "name": proc.name(), "cmdline": " ".join(proc.cmdline())[:200]})
+            except psutil.NoSuchProcess:
+                continue
+        return out
+
+
 @dataclass
-class LocalHead:
+class LocalHead(OwnedProcesses):
     """`ray start --head` on this machine, isolated from any other Ray here, and its clean stop."""
 
     num_cpus: int = 4
@@ -107,52 +163,6 @@ class LocalHead:
         found = {p.pid: p for root in roots for p in [root, *_children(root)]}
         self.seen |= set(found)
         return list(found.values())
-
-    def stop(self, timeout: float = 5) -> dict[str, Any]:
-        """Terminate every process of this cluster, kill what remains after `timeout` (gcs_server, the raylet and
-        some agents outwait a SIGTERM for tens of seconds; nothing of a finished demo needs a graceful exit) and
-        check none is alive."""
-        import psutil
-
-        procs = self.processes()
-        for proc in procs:
-            try:
-                proc.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=timeout)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=10)
-        left = self.leftovers()
-        if self.temp_dir is not None and not left:
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
-        return {"stopped": len(procs), "seen": len(self.seen), "left": left,
-                "temp_dir": str(self.temp_dir), "temp_dir_removed": self.temp_dir is not None and not
-                self.temp_dir.exists()}
-
-    def leftovers(self) -> list[dict[str, Any]]:
-        """Processes of this cluster still alive: any pid seen in it, or anything naming its temp dir."""
-        import psutil
-
-        left = {p.pid: p for p in self.processes()}
-        for pid in self.seen:
-            try:
-                proc = psutil.Process(pid)
-                if proc.status() != psutil.STATUS_ZOMBIE:
-                    left[pid] = proc
-            except psutil.NoSuchProcess:
-                continue
-        out = []
-        for pid, proc in sorted(left.items()):
-            try:
-                out.append({"pid": pid, "name": proc.name(), "cmdline": " ".join(proc.cmdline())[:200]})
-            except psutil.NoSuchProcess:
-                continue
-        return out
 
 
 def _children(proc) -> list:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from causal2vec.errors import Causal2VecError
-from causal2vec.tools.processes import _children, free_port, ray_env
+from causal2vec.tools.processes import OwnedProcesses, _children, free_port, ray_env
 
 # what `ray start` says when it gave up on a slow start (worth another try) rather than on a bad setting
 RETRYABLE = ("timed out during startup", "Failed to start the dashboard", "timed out after", "Failed to connect to GCS")
@@ -32,7 +32,7 @@ class ClusterError(Causal2VecError):
 
 
 @dataclass
-class RayNode:
+class RayNode(OwnedProcesses):
     """`ray start` for one node: the head when `head_address` is None, else a worker joining that GCS address.
     The defaults are a head on 127.0.0.1 (what the demo starts)."""
 
@@ -138,51 +138,6 @@ class RayNode:
         if self.temp_dir is not None and not self.leftovers():
             shutil.rmtree(self.temp_dir, ignore_errors=True)
         return killed
-
-    def stop(self, timeout: float = 5) -> dict[str, Any]:
-        """Terminate every process of this node, kill what remains after `timeout` (gcs_server, the raylet and some
-        agents outwait a SIGTERM for tens of seconds) and check none is alive."""
-        import psutil
-
-        procs = self.processes()
-        for proc in procs:
-            try:
-                proc.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=timeout)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=10)
-        left = self.leftovers()
-        if self.temp_dir is not None and not left:
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
-        return {"stopped": len(procs), "seen": len(self.seen), "left": left,
-                "temp_dir": str(self.temp_dir), "temp_dir_removed": self.temp_dir is not None and not
-                self.temp_dir.exists()}
-
-    def leftovers(self) -> list[dict[str, Any]]:
-        """Processes of this node still alive: any pid seen in it, or anything naming its temp dir."""
-        import psutil
-
-        left = {p.pid: p for p in self.processes()}
-        for pid in self.seen:
-            try:
-                proc = psutil.Process(pid)
-                if proc.status() != psutil.STATUS_ZOMBIE:
-                    left[pid] = proc
-            except psutil.NoSuchProcess:
-                continue
-        out = []
-        for pid, proc in sorted(left.items()):
-            try:
-                out.append({"pid": pid, "name": proc.name(), "cmdline": " ".join(proc.cmdline())[:200]})
-            except psutil.NoSuchProcess:
-                continue
-        return out
 
 
 def _name(proc) -> str:
