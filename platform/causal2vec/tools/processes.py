@@ -67,7 +67,23 @@ class OwnedProcesses:
     temp_dir: Path | None
 
     def processes(self) -> list:
-        raise NotImplementedError
+        """Every live process: those naming its temp dir, and all their descendants (workers and agents
+        rename themselves, e.g. ray::IDLE, so they are found as children)."""
+        import psutil
+
+        if self.temp_dir is None:
+            return []
+        mark, me = str(self.temp_dir), os.getpid()
+        roots = []
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                if proc.pid != me and mark in " ".join(proc.info["cmdline"] or []):
+                    roots.append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        found = {p.pid: p for root in roots for p in [root, *_children(root)]}
+        self.seen |= set(found)
+        return list(found.values())
 
     def stop(self, timeout: float = 5) -> dict[str, Any]:
         """Terminate every process, kill what remains after `timeout` (gcs_server, the raylet and some agents outwait
@@ -144,25 +160,6 @@ class LocalHead(OwnedProcesses):
         if out.returncode != 0:
             raise ProcessError(f"`ray start --head` failed:\n{(out.stdout + out.stderr)[-3000:]}")
         return " ".join(cmd)
-
-    def processes(self) -> list:
-        """This cluster's processes: those naming its temp dir, and all their descendants (workers and agents
-        rename themselves, e.g. ray::IDLE, so they are found as children)."""
-        import psutil
-
-        if self.temp_dir is None:
-            return []
-        mark, me = str(self.temp_dir), os.getpid()
-        roots = []
-        for proc in psutil.process_iter(["cmdline"]):
-            try:
-                if proc.pid != me and mark in " ".join(proc.info["cmdline"] or []):
-                    roots.append(proc)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        found = {p.pid: p for root in roots for p in [root, *_children(root)]}
-        self.seen |= set(found)
-        return list(found.values())
 
 
 def _children(proc) -> list:

@@ -11,7 +11,6 @@ themselves, e.g. ray::IDLE), found with psutil.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from causal2vec.errors import Causal2VecError
-from causal2vec.tools.processes import OwnedProcesses, _children, free_port, ray_env
+from causal2vec.tools.processes import OwnedProcesses, free_port, ray_env
 
 # what `ray start` says when it gave up on a slow start (worth another try) rather than on a bad setting
 RETRYABLE = ("timed out during startup", "Failed to start the dashboard", "timed out after", "Failed to connect to GCS")
@@ -101,24 +100,6 @@ class RayNode(OwnedProcesses):
             returncode, output = -1, "".join(partial) + "\n`ray start` timed out after 420s"
         self.processes()  # remember what started, even if it failed half-way
         return cmd, returncode, output
-
-    def processes(self) -> list:
-        """This node's live processes: those naming its temp dir, and all their descendants."""
-        import psutil
-
-        if self.temp_dir is None:
-            return []
-        mark, me = str(self.temp_dir), os.getpid()
-        roots = []
-        for proc in psutil.process_iter(["cmdline"]):
-            try:
-                if proc.pid != me and mark in " ".join(proc.info["cmdline"] or []):
-                    roots.append(proc)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        found = {p.pid: p for root in roots for p in [root, *_children(root)]}
-        self.seen |= set(found)
-        return list(found.values())
 
     def kill(self) -> list[dict[str, Any]]:
         """Lose the node like a machine: SIGKILL its raylet, then every other process of it, with no chance to clean
