@@ -26,9 +26,9 @@ def runner_calls(monkeypatch) -> list[int]:
     calls: list[int] = []
     sort = inference.length_buckets
 
-    def counting(lengths, rows_per_pass, sort_rows=True):
+    def counting(lengths, *args):
         calls.append(len(lengths))
-        return sort(lengths, rows_per_pass, sort_rows)
+        return sort(lengths, *args)
 
     monkeypatch.setattr(inference, "length_buckets", counting)
     return calls
@@ -61,11 +61,11 @@ def test_encode_the_bulk_stages_and_the_serve_stages_share_the_runner(tiny, runn
     dec_ids, enc_ids = builder.tokenize_for_decoder(TEXTS), builder.tokenize_for_encoder(TEXTS)
     lengths, _ = builder.decoder_lengths(dec_ids)
     requests = [slice(0, 3), slice(3, n)]  # two requests' calls merged into one batch per stage
-    ctx = context_vectors(load_model("tiny", "encoder"), [TokenRows.pack(enc_ids[r]) for r in requests],
-                          ROWS_PER_PASS)
+    passes = {"rows_per_pass": ROWS_PER_PASS, "pass_cost": None}
+    ctx = context_vectors(load_model("tiny", "encoder"), [TokenRows.pack(enc_ids[r]) for r in requests], passes)
     calls = [DecoderCall(TokenRows.pack(dec_ids[r]), [None] * len(dec_ids[r]), [None] * len(dec_ids[r]),
                          sum(lengths[r])) for r in requests]
-    served, _ = embeddings(load_model("tiny", "decoder"), list(zip(calls, ctx)), ROWS_PER_PASS)
+    served, _ = embeddings(load_model("tiny", "decoder"), list(zip(calls, ctx)), passes)
     assert runner_calls == [n, n], "serve: the encoder replica's batch and the decoder replica's batch"
     assert [len(v) for v in served] == [3, n - 3]
     np.testing.assert_array_equal(np.concatenate(served), encoded)
@@ -91,6 +91,22 @@ def test_passes_are_sorted_by_length_and_results_come_back_in_order():
     passes = [[1, 3], [4, 0], [2]]
     outputs = [torch.tensor([[1.0], [3.0]]), torch.tensor([[4.0], [0.0]]), torch.tensor([[2.0]])]
     assert inference.in_input_order(passes, outputs).flatten().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_passes_are_cut_where_the_padding_saved_is_worth_a_pass(tiny):
+    """With a pass cost, sorted rows are cut to minimise padded tokens + cost per pass (at most rows_per_pass rows
+    each); the vectors do not depend on the cut, and a replica measures the cost for its own model and device."""
+    lengths = [100, 10, 100, 10, 98]
+    assert inference.length_buckets(lengths, 4, pass_cost=20) == [[0, 2, 4], [1, 3]]  # 320 + 40 < 420 + 20
+    assert inference.length_buckets(lengths, 8, pass_cost=1000) == [[0, 2, 4, 1, 3]]  # padding is cheaper
+    assert inference.length_buckets(lengths, 4, pass_cost=0) == [[0, 2], [4], [1, 3]]  # no padding at all
+    assert inference.length_buckets(lengths, 2, pass_cost=0, sort=False) == [[0, 1], [2, 3], [4]]
+    texts, builder = TEXTS[:8], tiny.builder
+    ctx = inference.encoder_pass(tiny, builder.tokenize_for_encoder(texts), rows_per_pass=8, pass_cost=0)
+    cut = inference.decoder_pass(tiny, builder.tokenize_for_decoder(texts), ctx.vectors, rows_per_pass=8, pass_cost=0)
+    np.testing.assert_allclose(cut.vectors, tiny.encode(texts), atol=1e-5)
+    cost = inference.measure_pass_cost(tiny)
+    assert cost is None or 0 <= cost < 100_000
 
 
 def test_per_row_normalisation_and_stage_outputs(tiny):

@@ -2,7 +2,8 @@
 `Causal2Vec.encode`, the bulk job's stages, the Serve deployments (each a thin adapter over `encoder_pass` /
 `decoder_pass`) and training's micro-batches (`length_buckets`, `in_input_order`).
 
-    rows -> sorted by token length, longest first -> passes of `rows_per_pass` rows, each padded only to its own
+    rows -> sorted by token length, longest first -> passes of `rows_per_pass` rows (or cut where the padding saved
+         is worth a pass: `pass_cost`), each padded only to its own longest row
          -> the stage, without autograd -> float32 results back in input order, with each row's truncation flag
             and real token count
 
@@ -12,6 +13,7 @@ Sorting is what makes batching cheap: 64 random Debian texts padded together cos
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -32,11 +34,35 @@ class StageOutput:
     padded_tokens: int  # tokens the passes ran, padding included
 
 
-def length_buckets(lengths: Sequence[int], rows_per_pass: int, sort: bool = True) -> list[list[int]]:
+def length_buckets(lengths: Sequence[int], rows_per_pass: int, sort: bool = True,
+                   pass_cost: int | None = None) -> list[list[int]]:
     """Row indices cut into passes of at most `rows_per_pass`: longest first when `sort` (each pass is padded to its
-    own longest row, so similar lengths together waste less), input order otherwise."""
+    own longest row, so similar lengths together waste less), input order otherwise.
+
+    `pass_cost`: what one more forward pass costs, in padded tokens (per-layer kernel launches and Python: dozens of
+    tokens on a CPU, thousands on a GPU). With it, sorted rows are cut where the padding saved is worth a pass: on a
+    small batch of random lengths (a served batch) that beats full passes. Without it, every pass but the last is
+    full (right when rows come globally sorted, as in `encode` and the bulk job)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i]) if sort else list(range(len(lengths)))
-    return [order[s:s + rows_per_pass] for s in range(0, len(order), rows_per_pass)]
+    if pass_cost is None or not sort:
+        return [order[s:s + rows_per_pass] for s in range(0, len(order), rows_per_pass)]
+    return [order[s:e] for s, e in _cheapest_cuts([lengths[i] for i in order], rows_per_pass, pass_cost)]
+
+
+def _cheapest_cuts(longest_first: list[int], most: int, pass_cost: int) -> list[tuple[int, int]]:
+    """Rows sorted longest first cut into passes of at most `most` rows, with the fewest padded tokens plus
+    `pass_cost` per pass (a pass runs its rows at its first row's length): dynamic programming from the end."""
+    n = len(longest_first)
+    best, end = [0] * (n + 1), [n] * (n + 1)
+    for s in range(n - 1, -1, -1):
+        best[s], e = min((pass_cost + (e - s) * longest_first[s] + best[e], -e)
+                         for e in range(s + 1, min(n, s + most) + 1))
+        end[s] = -e  # on a tie, the longer pass
+    cuts, s = [], 0
+    while s < n:
+        cuts.append((s, end[s]))
+        s = end[s]
+    return cuts
 
 
 def in_input_order(passes: Sequence[Sequence[int]], outputs: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -46,7 +72,7 @@ def in_input_order(passes: Sequence[Sequence[int]], outputs: Sequence[torch.Tens
 
 
 def encoder_pass(model, token_ids: Sequence[Sequence[int]], *, rows_per_pass: int, sort: bool = True,
-                 progress: bool = False) -> StageOutput:
+                 pass_cost: int | None = None, progress: bool = False) -> StageOutput:
     """CTX vectors (in the decoder's hidden size) for raw encoder token ids (`builder.tokenize_for_encoder`)."""
     builder, out = model.builder, _Rows(len(token_ids))
 
@@ -54,14 +80,14 @@ def encoder_pass(model, token_ids: Sequence[Sequence[int]], *, rows_per_pass: in
         batch = out.record(rows, builder.encoder_batch([token_ids[i] for i in rows]))
         return model.context_vectors(batch.to(model.device))
 
-    passes = length_buckets([len(ids) for ids in token_ids], rows_per_pass, sort)
+    passes = length_buckets([len(ids) for ids in token_ids], rows_per_pass, sort, pass_cost)
     return out.result(_run(passes, step, model.hidden_size, "context encoder", progress))
 
 
 def decoder_pass(model, token_ids: Sequence[Sequence[int]], ctx: np.ndarray | Sequence[np.ndarray] | None, *,
                  instructions: str | Sequence[str | None] | None = None,
                  normalize: bool | None | Sequence[bool | None] = None, rows_per_pass: int, sort: bool = True,
-                 progress: bool = False) -> StageOutput:
+                 pass_cost: int | None = None, progress: bool = False) -> StageOutput:
     """Embeddings for raw decoder token ids (`builder.tokenize_for_decoder`) and their CTX vectors (None for a model
     without the Contextual token). `instructions`: one for all rows or one per row. `normalize`: the model's default
     (None), or a bool for all rows, or one per row (None there: the default)."""
@@ -76,7 +102,7 @@ def decoder_pass(model, token_ids: Sequence[Sequence[int]], ctx: np.ndarray | Se
         pooled = model.embed_with_context(batch.to(model.device), vectors, normalize=False)
         return pooling.normalize(pooled, flags if isinstance(flags, bool) else [flags[i] for i in rows])
 
-    passes = length_buckets(builder.decoder_lengths(token_ids, instructions)[0], rows_per_pass, sort)
+    passes = length_buckets(builder.decoder_lengths(token_ids, instructions)[0], rows_per_pass, sort, pass_cost)
     return out.result(_run(passes, step, model.embedding_dim, "decoder", progress))
 
 
@@ -111,3 +137,31 @@ def _run(passes: list[list[int]], step: Callable[[list[int]], torch.Tensor], dim
     with torch.no_grad():  # not inference_mode: ZeRO-3's parameter hooks run here during training evaluations
         outputs = [step(rows).float().cpu() for rows in tqdm(passes, desc=stage, unit="pass", disable=not progress)]
     return in_input_order(passes, outputs).numpy()
+
+
+def measure_pass_cost(model, short: int = 16, long: int = 128, repeats: int = 3) -> int | None:
+    """What one more forward pass costs on this device, in padded tokens of the parts `model` holds (encoder,
+    decoder, or both back to back): one row timed at two lengths, best of `repeats`, the intercept over the slope.
+    None when the timings show no cost per token (noise): then full passes are the safe choice."""
+    builder, text = model.builder, " ".join(["embedding"] * 2 * long)
+    enc = builder.tokenize_for_encoder([text])[0] if model.part != "decoder" else None
+    dec = builder.tokenize_for_decoder([text])[0] if model.part != "encoder" else None
+    longest = min(long, *(len(ids) for ids in (enc, dec) if ids is not None))
+    zero_ctx = np.zeros((1, model.hidden_size), np.float32) if model.config.use_ctx_token else None
+
+    def seconds(n: int) -> float:
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            ctx = encoder_pass(model, [enc[:n]], rows_per_pass=1).vectors if enc is not None else zero_ctx
+            if dec is not None:
+                decoder_pass(model, [dec[:n]], ctx if model.config.use_ctx_token else None, rows_per_pass=1)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    seconds(short)  # warm-up: first-call allocations
+    fast, slow = seconds(short), seconds(longest)
+    per_token = (slow - fast) / max(1, longest - short)
+    if per_token <= 0:
+        return None
+    return max(0, round((fast - short * per_token) / per_token))

@@ -27,11 +27,11 @@ def build_app(args: dict | None = None):
     decoder = decoder_kind.options(**dec.deployment_options(DEFAULT_ONGOING_CALLS)).bind(
         args.model, args.device, args.dtype, max_batch_tokens=dec.max_batch_tokens,
         batch_wait_timeout_s=dec.batch_wait_timeout_s, torch_threads=dec.torch_threads,
-        rows_per_pass=dec.rows_per_pass)
+        passes=dec.passes())
     encoder = None
     if config.use_ctx_token and args.stages == "split":
         encoder = ContextEncoderDeployment.options(**enc.deployment_options(DEFAULT_ONGOING_CALLS)).bind(
             args.model, args.device, args.dtype, max_batch_size=enc.max_batch_size,
             batch_wait_timeout_s=enc.batch_wait_timeout_s, torch_threads=enc.torch_threads,
-            rows_per_pass=enc.rows_per_pass)
+            passes=enc.passes())
     return EmbeddingAPI.options(**ing.deployment_options(256)).bind(encoder, decoder, args)

@@ -7,6 +7,7 @@ overrides), because Serve silently ignores unknown autoscaling keys and these cl
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,6 +55,13 @@ class StageArgs(Strict):
             raise ValueError("set num_replicas or autoscaling_config, not both")
         return self
 
+    def replica_calls(self) -> int:
+        """Calls this stage's replicas can usefully hold: at its most replicas, each at its autoscaling target."""
+        if self.autoscaling_config is not None:
+            scaling = self.autoscaling_config
+            return math.ceil(scaling.get("max_replicas", 1) * scaling.get("target_ongoing_requests", 2))
+        return 2 * (self.num_replicas or 1)
+
     def deployment_options(self, default_ongoing: int) -> dict[str, Any]:
         options: dict[str, Any] = {"ray_actor_options": self.ray_actor_options,
                                    "max_ongoing_requests": self.max_ongoing_requests or default_ongoing,
@@ -72,6 +80,15 @@ class ModelStageArgs(StageArgs):
     # requests arrive in random length order (64 random Debian texts pad to twice their tokens): a batch runs as
     # length-sorted passes, each padded only to its own longest row
     rows_per_pass: int = Field(16, ge=1, description="rows per forward pass, after sorting a batch by length")
+    # a served batch holds random lengths: passes are cut where the padding saved is worth a pass (on 2 CPU cores,
+    # smollm2's replicas spent 24% less CPU per text than with full passes of 4: bench/serve_load.py)
+    pass_cost: int | Literal["auto"] | None = Field(
+        "auto", description="what one more forward pass costs, in padded tokens (auto: measured by each replica at "
+                            "start; null: full passes of rows_per_pass)")
+
+    def passes(self) -> dict:
+        """How a batch is cut into forward passes (model/inference.py)."""
+        return {"rows_per_pass": self.rows_per_pass, "pass_cost": self.pass_cost}
 
 
 class EncoderArgs(ModelStageArgs):
@@ -89,6 +106,10 @@ class IngressArgs(StageArgs):
     coalesce_wait_s: float = Field(0.002, ge=0, description="how long the ingress collects concurrent requests into "
                                                             "one call per model stage (each call costs CPU)")
     max_queued_requests: int = Field(-1, ge=-1, description="requests queued before callers get 503 (-1: no limit)")
+    max_calls_in_flight: int | None = Field(None, ge=1, description="merged calls this ingress replica keeps "
+                                            "outstanding; past it, requests wait and go out together when one "
+                                            "returns (default: what the model stages' scaling can use, see "
+                                            "ServeArgs.calls_in_flight)")
 
 
 class ServeArgs(Strict):
@@ -123,6 +144,17 @@ class ServeArgs(Strict):
         if self.lancedb_uri:  # replicas do not share the caller's working directory
             self.lancedb_uri = absolute(self.lancedb_uri)
         return self
+
+    def calls_in_flight(self) -> int:
+        """The ingress's cap on outstanding merged calls: enough for every model stage to reach its most replicas
+        (autoscaling adds one when ongoing calls per replica pass `target_ongoing_requests`), and two per fixed
+        replica (one running, one queued behind it). Below the cap requests go out after `coalesce_wait_s`; at the
+        cap the replicas are busy anyway, so waiting requests merge into one call: the busier the service, the fewer
+        calls (and their per-call CPU) per text."""
+        if self.ingress.max_calls_in_flight:
+            return self.ingress.max_calls_in_flight
+        stages = [self.decoder] + ([self.encoder] if self.stages == "split" else [])
+        return max(stage.replica_calls() for stage in stages)
 
 
 def parse_args(args: dict | ServeArgs | None) -> ServeArgs:

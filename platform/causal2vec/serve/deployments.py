@@ -24,7 +24,7 @@ import numpy as np
 from ray import serve
 
 from causal2vec.model.causal2vec import load_model
-from causal2vec.model.inference import decoder_pass, encoder_pass
+from causal2vec.model.inference import decoder_pass, encoder_pass, measure_pass_cost
 from causal2vec.serve.wire import DecoderCall, TokenRows, texts_in, tokens_in
 
 log = logging.getLogger(__name__)
@@ -36,14 +36,14 @@ _IMPORT_TIME_BATCH = 1
 _IMPORT_TIME_WAIT_S = 0.0
 
 
-def context_vectors(model, calls: list[TokenRows], rows_per_pass: int) -> list[np.ndarray]:
+def context_vectors(model, calls: list[TokenRows], passes: dict) -> list[np.ndarray]:
     """The encoder's batch: each call's token-id rows -> its CTX vectors (float32 on the wire: numpy has no bf16,
-    and bf16 -> fp32 -> bf16 is exact)."""
+    and bf16 -> fp32 -> bf16 is exact). `passes`: how the batch is cut (rows_per_pass, pass_cost)."""
     rows = [row for call in calls for row in call.rows()]
-    return _split(encoder_pass(model, rows, rows_per_pass=rows_per_pass).vectors, [len(c) for c in calls])
+    return _split(encoder_pass(model, rows, **passes).vectors, [len(c) for c in calls])
 
 
-def embeddings(model, calls: list[tuple[DecoderCall, np.ndarray | None]], rows_per_pass: int):
+def embeddings(model, calls: list[tuple[DecoderCall, np.ndarray | None]], passes: dict):
     """The decoder's batch: each call's rows and CTX vectors -> its embeddings, each row with its own instruction
     and normalisation; also the padded tokens the passes ran."""
     rows, instructions, normalize = [], [], []
@@ -52,7 +52,7 @@ def embeddings(model, calls: list[tuple[DecoderCall, np.ndarray | None]], rows_p
         instructions += call.instructions
         normalize += call.normalize
     ctx = np.concatenate([c for _, c in calls]) if model.config.use_ctx_token else None
-    out = decoder_pass(model, rows, ctx, instructions=instructions, normalize=normalize, rows_per_pass=rows_per_pass)
+    out = decoder_pass(model, rows, ctx, instructions=instructions, normalize=normalize, **passes)
     return _split(out.vectors, [len(call.ids) for call, _ in calls]), out.padded_tokens
 
 
@@ -68,13 +68,16 @@ class _Stage:
     part = "all"  # the part of the model the replica loads
 
     def _start(self, model: str, device: str | None, dtype: str | None, torch_threads: int | None,
-               rows_per_pass: int, batch_budget: int, batch_wait_timeout_s: float) -> None:
+               passes: dict, batch_budget: int, batch_wait_timeout_s: float) -> None:
         import torch
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.model = load_model(model, self.part, device=device, dtype=dtype)
-        self.rows_per_pass = rows_per_pass
+        if passes["pass_cost"] == "auto":
+            passes = {**passes, "pass_cost": measure_pass_cost(self.model)}
+            log.info("%s replica: one forward pass costs as much as %s padded tokens", self.stage, passes["pass_cost"])
+        self.passes = passes
         self.embed.set_max_batch_size(batch_budget)
         self.embed.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self._init_metrics()
@@ -139,10 +142,12 @@ class _Stage:
         return True
 
     def info(self) -> dict:
-        """Which part of the model this replica holds, and its parameters (an encoder replica loads no LLM); a
-        replica holding the decoder also describes the model (the ingress builds the model's LanceDB identity
-        from this and a probe text, without loading weights)."""
-        out = {"part": self.model.part, "parameters": sum(p.numel() for p in self.model.parameters())}
+        """Which part of the model this replica holds, its parameters (an encoder replica loads no LLM) and how it
+        cuts batches into passes (with its measured pass cost); a replica holding the decoder also describes the
+        model (the ingress builds the model's LanceDB identity from this and a probe text, without loading
+        weights)."""
+        out = {"part": self.model.part, "parameters": sum(p.numel() for p in self.model.parameters()),
+               "passes": self.passes}
         if self.part == "encoder":
             return out
         config = self.model.config
@@ -159,11 +164,11 @@ class ContextEncoderDeployment(_Stage):
     stage = part = "encoder"
 
     def __init__(self, model: str, device: str | None, dtype: str | None, *, max_batch_size: int,
-                 batch_wait_timeout_s: float, torch_threads: int | None, rows_per_pass: int):
-        self._start(model, device, dtype, torch_threads, rows_per_pass, max_batch_size, batch_wait_timeout_s)
+                 batch_wait_timeout_s: float, torch_threads: int | None, passes: dict):
+        self._start(model, device, dtype, torch_threads, passes, max_batch_size, batch_wait_timeout_s)
 
     def _run(self, calls: list[TokenRows]) -> list[np.ndarray]:
-        return context_vectors(self.model, calls, self.rows_per_pass)
+        return context_vectors(self.model, calls, self.passes)
 
     @serve.batch(max_batch_size=_IMPORT_TIME_BATCH, batch_wait_timeout_s=_IMPORT_TIME_WAIT_S, batch_size_fn=texts_in)
     async def embed(self, calls: list[TokenRows]) -> list:
@@ -181,11 +186,11 @@ class DecoderDeployment(_Stage):
     stage = part = "decoder"
 
     def __init__(self, model: str, device: str | None, dtype: str | None, *, max_batch_tokens: int,
-                 batch_wait_timeout_s: float, torch_threads: int | None, rows_per_pass: int):
-        self._start(model, device, dtype, torch_threads, rows_per_pass, max_batch_tokens, batch_wait_timeout_s)
+                 batch_wait_timeout_s: float, torch_threads: int | None, passes: dict):
+        self._start(model, device, dtype, torch_threads, passes, max_batch_tokens, batch_wait_timeout_s)
 
     def _run(self, pairs: list[tuple[DecoderCall, np.ndarray | None]]) -> list[np.ndarray]:
-        vectors, padded = embeddings(self.model, pairs, self.rows_per_pass)
+        vectors, padded = embeddings(self.model, pairs, self.passes)
         self._batch_tokens.observe(padded)
         return vectors
 
@@ -206,13 +211,13 @@ class FusedDeployment(_Stage):
     stage = "fused"
 
     def __init__(self, model: str, device: str | None, dtype: str | None, *, max_batch_tokens: int,
-                 batch_wait_timeout_s: float, torch_threads: int | None, rows_per_pass: int):
-        self._start(model, device, dtype, torch_threads, rows_per_pass, max_batch_tokens, batch_wait_timeout_s)
+                 batch_wait_timeout_s: float, torch_threads: int | None, passes: dict):
+        self._start(model, device, dtype, torch_threads, passes, max_batch_tokens, batch_wait_timeout_s)
 
     def _run(self, pairs: list[tuple[TokenRows | None, DecoderCall]]) -> list[np.ndarray]:
-        ctx = context_vectors(self.model, [rows for rows, _ in pairs], self.rows_per_pass) \
+        ctx = context_vectors(self.model, [rows for rows, _ in pairs], self.passes) \
             if self.model.config.use_ctx_token else [None] * len(pairs)
-        vectors, padded = embeddings(self.model, [(call, c) for (_, call), c in zip(pairs, ctx)], self.rows_per_pass)
+        vectors, padded = embeddings(self.model, [(call, c) for (_, call), c in zip(pairs, ctx)], self.passes)
         self._batch_tokens.observe(padded)
         return vectors
 

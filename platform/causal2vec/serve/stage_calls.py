@@ -3,8 +3,10 @@ asks whether the stages answer.
 
 Each handle call costs the ingress (Serve's router) and the model replica a few ms of CPU whatever it carries, so the
 ingress collects the requests that arrive within `coalesce_wait_s`, concatenates their texts and cuts them into calls
-that fit one batch's budget (a big request spans several calls, small ones share one). Results are sliced back per
-request. A call that fails for a reason other than load or a lost replica is retried request by request, so one bad
+that fit one batch's budget (a big request spans several calls, small ones share one). It also keeps at most
+`ServeArgs.calls_in_flight()` merged calls outstanding: past that the replicas are busy anyway, and the requests that
+arrive meanwhile go out together when a call returns, so merging grows with load instead of with a fixed window.
+Results are sliced back per request. A call that fails for a reason other than load or a lost replica is retried request by request, so one bad
 request never fails the requests it travelled with.
 """
 
@@ -28,7 +30,7 @@ class StageCalls:
     def __init__(self, encoder, decoder, args: ServeArgs):
         """`decoder` is the Decoder deployment (split) or the one Model deployment (fused); `encoder` is None when
         fused or without a CTX token."""
-        from ray.serve.metrics import Gauge
+        from ray.serve.metrics import Counter, Gauge
 
         self.encoder, self.decoder, self.args = encoder, decoder, args
         self.fused = args.stages == "fused"
@@ -39,6 +41,10 @@ class StageCalls:
         self._waiting: list[tuple[Prepared, asyncio.Future]] = []
         self._collector: asyncio.Future | None = None
         self._sending: set[asyncio.Future] = set()  # the event loop keeps only weak references to tasks
+        self.max_sends = args.calls_in_flight()
+        self.calls_sent = 0  # merged calls sent (each may span several handle calls when over a batch's budget)
+        self.m_calls = Counter("causal2vec_ingress_calls", description="Merged calls the ingress sent to the model "
+                               "stages (requests per call = the merging under load).")
         self.m_in_flight = Gauge("causal2vec_items_in_flight",
                                  description="Texts sent to the model deployments and not yet answered.")
         self._in_flight = 0
@@ -53,12 +59,24 @@ class StageCalls:
 
     async def _collect(self) -> None:
         await asyncio.sleep(self.args.ingress.coalesce_wait_s)
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send everything waiting as one merged call, unless `max_sends` calls are out (a returning call flushes)."""
+        if not self._waiting or len(self._sending) >= self.max_sends:
+            return
         jobs, self._waiting = self._waiting, []
         task = asyncio.ensure_future(self._send(jobs))
         self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Future) -> None:
+        self._sending.discard(task)
+        self._flush()
 
     async def _send(self, jobs: list[tuple[Prepared, asyncio.Future]]) -> None:
+        self.calls_sent += 1
+        self.m_calls.inc()
         try:
             vectors = await self._call([request for request, _ in jobs])
         except Exception as exc:  # noqa: BLE001 - every waiting request must get an answer
