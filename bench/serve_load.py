@@ -1,12 +1,11 @@
 """Serving under load: loopback HTTP against the Serve app, compared with in-process `model.encode`.
 
-For each model: time `model.encode` in this process (same texts and dtype; the better of two batch sizes, the
-encoder's max_batch_size and the app's rows per pass; wall time and CPU time), then for each `--stages` mode start
-the app from serve_configs/local.yaml's args (autoscaling delays shortened so a short run shows scaling), and for
-each request shape (texts per request) and each concurrency run closed-loop clients (each sends a request, waits for
-the answer, sends the next) until --requests requests or --duration seconds, recording throughput and latency
-percentiles and the CPU every process spent (by role: proxy, ingress, each model deployment, controller, this load
-generator, other). A background thread samples the replica counts with serve.status() every second, through the
+For each model: time `model.encode` in this process (same texts and dtype; the fastest of --baseline-batches; wall
+time and CPU time), then for each `--stages` mode start the app from serve_configs/local.yaml's args (autoscaling
+delays shortened so a short run shows scaling), and for each request shape (texts per request) and each
+concurrency run closed-loop clients (each sends a request, waits for the answer, sends the next) until --requests
+requests or --duration seconds, recording throughput and latency percentiles and the CPU every process spent (by
+role: proxy, ingress, each model deployment, controller, this load generator, other). A background thread samples the replica counts with serve.status() every second, through the
 load and a cool-down, to show autoscaling add replicas under load and remove them after.
 
 saturation ratio = the best served texts/s over the concurrencies / in-process texts/s (targets: >= 0.8 for one
@@ -50,10 +49,15 @@ def app_args(model: str, stages: str, base: Path, args: argparse.Namespace) -> d
             app[stage]["rows_per_pass"] = args.rows_per_pass
         if args.torch_threads:
             app[stage]["torch_threads"] = args.torch_threads
+        if args.pass_cost is not None:
+            app[stage]["pass_cost"] = args.pass_cost if args.pass_cost >= 0 else None
         app[stage]["autoscaling_config"] = {
-            "min_replicas": 1, "max_replicas": args.max_replicas, "target_ongoing_requests": args.target_ongoing,
+            "min_replicas": args.min_replicas, "max_replicas": args.max_replicas,
+            "target_ongoing_requests": args.target_ongoing,
             "upscale_delay_s": args.upscale_delay, "downscale_delay_s": args.downscale_delay,
             "look_back_period_s": args.look_back}
+    if args.max_calls_in_flight:
+        app["ingress"]["max_calls_in_flight"] = args.max_calls_in_flight
     return app
 
 
@@ -286,7 +290,12 @@ def main() -> int:
     parser.add_argument("--config", default=str(LOCAL_CONFIG), help="the app's base args")
     parser.add_argument("--rows-per-pass", type=int, help="override the config's rows per forward pass")
     parser.add_argument("--torch-threads", type=int, help="override the model replicas' torch threads")
+    parser.add_argument("--pass-cost", type=int, help="override the config's pass_cost (-1: none, full passes)")
+    parser.add_argument("--baseline-batches", type=int, nargs="+", default=[2, 4, 8, 32],
+                        help="in-process batch sizes tried; the fastest is the baseline")
+    parser.add_argument("--min-replicas", type=int, default=1)
     parser.add_argument("--max-replicas", type=int, default=2)
+    parser.add_argument("--max-calls-in-flight", type=int, help="override the ingress's cap on outstanding calls")
     parser.add_argument("--target-ongoing", type=float, default=2, help="autoscaling target per replica")
     parser.add_argument("--upscale-delay", type=float, default=2)
     parser.add_argument("--downscale-delay", type=float, default=10)
@@ -303,8 +312,8 @@ def main() -> int:
     with local_serve(args.throughput_optimized) as base:
         for model in args.models:
             config = app_args(model, "split", Path(args.config), args)
-            sizes = sorted({config["encoder"]["max_batch_size"], config["decoder"]["rows_per_pass"]})
-            print(f"==> {model}: in-process model.encode, the better of batch {sizes}, {config['dtype']}", flush=True)
+            sizes = args.baseline_batches
+            print(f"==> {model}: in-process model.encode, the best of batch {sizes}, {config['dtype']}", flush=True)
             baseline = max((in_process(model, texts[:args.baseline_texts], size, config["dtype"]) for size in sizes),
                            key=lambda b: b["texts_per_s"])
             print(f"    {baseline['texts_per_s']:.1f} texts/s (batch {baseline['batch_size']}), "
