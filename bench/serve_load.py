@@ -5,8 +5,9 @@ time and CPU time), then for each `--stages` mode start the app from serve_confi
 delays shortened so a short run shows scaling), and for each request shape (texts per request) and each
 concurrency run closed-loop clients (each sends a request, waits for the answer, sends the next) until --requests
 requests or --duration seconds, recording throughput and latency percentiles and the CPU every process spent (by
-role: proxy, ingress, each model deployment, controller, this load generator, other). A background thread samples the replica counts with serve.status() every second, through the
-load and a cool-down, to show autoscaling add replicas under load and remove them after.
+role: proxy, ingress, each model deployment, controller, this load generator, other). A background thread samples
+the replica counts with serve.status() every second, through the load and a cool-down, to show autoscaling add
+replicas under load and remove them after.
 
 saturation ratio = the best served texts/s over the concurrencies / in-process texts/s (targets: >= 0.8 for one
 text per request, >= 0.9 for 8). Serve overhead per text = the CPU of the proxy, controller and every replica per

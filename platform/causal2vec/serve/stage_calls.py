@@ -6,8 +6,8 @@ ingress collects the requests that arrive within `coalesce_wait_s`, concatenates
 that fit one batch's budget (a big request spans several calls, small ones share one). It also keeps at most
 `ServeArgs.calls_in_flight()` merged calls outstanding: past that the replicas are busy anyway, and the requests that
 arrive meanwhile go out together when a call returns, so merging grows with load instead of with a fixed window.
-Results are sliced back per request. A call that fails for a reason other than load or a lost replica is retried request by request, so one bad
-request never fails the requests it travelled with.
+Results are sliced back per request. A call that fails for a reason other than load or a lost replica is retried
+request by request, so one bad request never fails the requests it travelled with.
 """
 
 # No `from __future__ import annotations` (see api.py): Serve pickles the ingress, and this class with it.
