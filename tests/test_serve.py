@@ -258,8 +258,8 @@ async def _awaited(response):
 
 
 def test_the_ingress_merges_concurrent_requests_and_isolates_a_bad_one(serve_url, tiny):
-    """The ingress's side of the stages, on the real deployments: requests sent together travel as one call per
-    stage; one that fails in the model (token ids past the vocabulary, which HTTP never lets through) fails alone."""
+    """The ingress's side of the stages, on the real deployments: requests sent together share calls; one that
+    fails in the model (token ids past the vocabulary, which HTTP never lets through) fails alone."""
     from ray import serve
 
     from causal2vec.serve.config import parse_args

@@ -103,8 +103,9 @@ class DecoderArgs(ModelStageArgs):
 class IngressArgs(StageArgs):
     ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 0.25})
     access_log: bool = Field(True, description="log every HTTP request (method, path, status, latency)")
-    coalesce_wait_s: float = Field(0.002, ge=0, description="how long the ingress collects concurrent requests into "
-                                                            "one call per model stage (each call costs CPU)")
+    coalesce_wait_s: float = Field(0.01, ge=0, description="while a model call is out, how long the ingress collects "
+                                   "requests into one call per stage (each call costs CPU; an idle ingress sends at "
+                                   "once)")
     max_queued_requests: int = Field(-1, ge=-1, description="requests queued before callers get 503 (-1: no limit)")
     max_calls_in_flight: int | None = Field(None, ge=1, description="merged calls this ingress replica keeps "
                                             "outstanding; past it, requests wait and go out together when one "
@@ -148,7 +149,7 @@ class ServeArgs(Strict):
     def calls_in_flight(self) -> int:
         """The ingress's cap on outstanding merged calls: enough for every model stage to reach its most replicas
         (autoscaling adds one when ongoing calls per replica pass `target_ongoing_requests`), and two per fixed
-        replica (one running, one queued behind it). Below the cap requests go out after `coalesce_wait_s`; at the
+        replica (one running, one queued behind it). Below the cap requests go out within `coalesce_wait_s`; at the
         cap the replicas are busy anyway, so waiting requests merge into one call: the busier the service, the fewer
         calls (and their per-call CPU) per text."""
         if self.ingress.max_calls_in_flight:

@@ -1,11 +1,12 @@
 """The ingress's side of the model stages: requests that arrive together go out as one call per stage, and /health
 asks whether the stages answer.
 
-Each handle call costs the ingress (Serve's router) and the model replica a few ms of CPU whatever it carries, so the
-ingress collects the requests that arrive within `coalesce_wait_s`, concatenates their texts and cuts them into calls
-that fit one batch's budget (a big request spans several calls, small ones share one). It also keeps at most
-`ServeArgs.calls_in_flight()` merged calls outstanding: past that the replicas are busy anyway, and the requests that
-arrive meanwhile go out together when a call returns, so merging grows with load instead of with a fixed window.
+Each handle call costs the ingress (Serve's router) and the model replica a few ms of CPU whatever it carries, so
+while a call is out the ingress collects the requests that arrive within `coalesce_wait_s` (an idle ingress sends at
+once), concatenates their texts and cuts them into calls that fit one batch's budget (a big request spans several
+calls, small ones share one). It also keeps at most `ServeArgs.calls_in_flight()` merged calls outstanding: past that
+the replicas are busy anyway, and the requests that arrive meanwhile go out together when a call returns. So merging
+grows with load, and a lone request pays no window.
 Results are sliced back per request. A call that fails for a reason other than load or a lost replica is retried
 request by request, so one bad request never fails the requests it travelled with.
 """
@@ -50,10 +51,13 @@ class StageCalls:
         self._in_flight = 0
 
     async def run(self, request: Prepared) -> list[np.ndarray]:
-        """The request's vectors, sent with the requests that arrive within `coalesce_wait_s` of it."""
+        """The request's vectors: sent at once when no call is out, else with the requests that arrive within
+        `coalesce_wait_s` of it (or later, when `max_sends` calls are out)."""
         future = asyncio.get_running_loop().create_future()
         self._waiting.append((request, future))
-        if self._collector is None or self._collector.done():
+        if not self._sending:
+            self._flush()
+        elif self._collector is None or self._collector.done():
             self._collector = asyncio.ensure_future(self._collect())
         return await future
 
@@ -72,7 +76,8 @@ class StageCalls:
 
     def _sent(self, task: asyncio.Future) -> None:
         self._sending.discard(task)
-        self._flush()
+        if self._collector is None or self._collector.done():  # else the window is still collecting
+            self._flush()
 
     async def _send(self, jobs: list[tuple[Prepared, asyncio.Future]]) -> None:
         self.calls_sent += 1
