@@ -3,11 +3,11 @@
 For each model: time `model.encode` in this process (same texts and dtype; the fastest of --baseline-batches; wall
 time and CPU time), then for each `--stages` mode start the app from serve_configs/local.yaml's args (autoscaling
 delays shortened so a short run shows scaling), and for each request shape (texts per request) and each
-concurrency run closed-loop clients (each sends a request, waits for the answer, sends the next) until --requests
-requests or --duration seconds, recording throughput and latency percentiles and the CPU every process spent (by
-role: proxy, ingress, each model deployment, controller, this load generator, other). A background thread samples
-the replica counts with serve.status() every second, through the load and a cool-down, to show autoscaling add
-replicas under load and remove them after.
+concurrency run closed-loop clients (each sends a request, waits for the answer, sends the next; first --warmup
+seconds unmeasured, so autoscaling settles) until --requests requests or --duration seconds, recording throughput
+and latency percentiles and the CPU every process spent (by role: proxy, ingress, each model deployment, controller,
+this load generator, other). A background thread samples the replica counts with serve.status() every second,
+through the load and a cool-down, to show autoscaling add replicas under load and remove them after.
 
 saturation ratio = the best served texts/s over the concurrencies / in-process texts/s (targets: >= 0.8 for one
 text per request, >= 0.9 for 8). Serve overhead per text = the CPU of the proxy, controller and every replica per
@@ -188,6 +188,9 @@ def run_model(model: str, stages: str, texts: list[str], args: argparse.Namespac
     runs = []
     for per_request in args.texts_per_request:
         for c in args.concurrency:
+            if args.warmup:  # the same load first, unmeasured, so autoscaling settles (and replica starts are
+                sampler.phase = f"warm-up {per_request}x c={c}"  # not counted as the phase's CPU)
+                asyncio.run(load(url, model, texts, c, per_request, 10**9, args.warmup, seed=1000 + c))
             sampler.phase = f"load {per_request}x c={c}"
             cpu_before = cpu_seconds_by_role()
             result = asyncio.run(load(url, model, texts, c, per_request, args.requests, args.duration, seed=c))
@@ -301,6 +304,8 @@ def main() -> int:
     parser.add_argument("--upscale-delay", type=float, default=2)
     parser.add_argument("--downscale-delay", type=float, default=10)
     parser.add_argument("--look-back", type=float, default=12)
+    parser.add_argument("--warmup", type=float, default=10, help="seconds of the same load before each measured "
+                                                                 "phase (autoscaling settles; 0: none)")
     parser.add_argument("--cooldown", type=float, default=60, help="idle seconds after the load, to see scale-down")
     parser.add_argument("--throughput-optimized", action="store_true",
                         help="start the local cluster with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (Serve's own mode: "
