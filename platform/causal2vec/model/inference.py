@@ -146,9 +146,11 @@ def measure_pass_cost(model, short: int = 16, long: int = 128, repeats: int = 3)
     decoder, or both back to back): one row timed at two lengths, best of `repeats`, the intercept over the slope.
     None when the timings show no cost per token (noise): then full passes are the safe choice."""
     builder, text = model.builder, " ".join(["embedding"] * 2 * long)
-    enc = builder.tokenize_for_encoder([text])[0] if model.part != "decoder" else None
+    enc = builder.tokenize_for_encoder([text])[0] if model.part != "decoder" and model.config.use_ctx_token else None
     dec = builder.tokenize_for_decoder([text])[0] if model.part != "encoder" else None
     longest = min(long, *(len(ids) for ids in (enc, dec) if ids is not None))
+    if longest <= short:
+        return None
     zero_ctx = np.zeros((1, model.hidden_size), np.float32) if model.config.use_ctx_token else None
 
     def seconds(n: int) -> float:
@@ -157,7 +159,7 @@ def measure_pass_cost(model, short: int = 16, long: int = 128, repeats: int = 3)
             start = time.perf_counter()
             ctx = encoder_pass(model, [enc[:n]], rows_per_pass=1).vectors if enc is not None else zero_ctx
             if dec is not None:
-                decoder_pass(model, [dec[:n]], ctx if model.config.use_ctx_token else None, rows_per_pass=1)
+                decoder_pass(model, [dec[:n]], ctx, rows_per_pass=1)
             best = min(best, time.perf_counter() - start)
         return best
 
