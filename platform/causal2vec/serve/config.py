@@ -80,8 +80,8 @@ class ModelStageArgs(StageArgs):
     # requests arrive in random length order (64 random Debian texts pad to twice their tokens): a batch runs as
     # length-sorted passes, each padded only to its own longest row
     rows_per_pass: int = Field(16, ge=1, description="rows per forward pass, after sorting a batch by length")
-    # a served batch holds random lengths: passes are cut where the padding saved is worth a pass (on 2 CPU cores,
-    # smollm2's replicas spent 24% less CPU per text than with full passes of 4: bench/serve_load.py)
+    # a served batch holds random lengths: passes are cut where the padding saved is worth a pass (smollm2's served
+    # replicas on 2 CPU cores: 90 -> 75 ms of CPU per text against full passes of 4; README, bench/serve_load.py)
     pass_cost: int | Literal["auto"] | None = Field(
         "auto", description="what one more forward pass costs, in padded tokens (auto: measured by each replica at "
                             "start; null: full passes of rows_per_pass)")
