@@ -26,6 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from common import RESULTS, command, hardware, pyplot
 
+from causal2vec.job_result import PREFIX, find_result
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 TASK = "Given a Debian package synopsis, retrieve its description"
@@ -100,8 +102,8 @@ def train(args, work: Path, pairs: Path) -> dict:
     report = None
     with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         for line in proc.stdout:
-            if line.startswith("RESULT_JSON "):
-                report = json.loads(line[len("RESULT_JSON "):])
+            if line.startswith(PREFIX):
+                report = find_result([line])
             else:
                 print(line, end="", flush=True)
     if proc.returncode != 0 or report is None:

@@ -125,11 +125,12 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 def _cmd_embed_corpus(args: argparse.Namespace) -> None:
     from causal2vec.embed.job import format_summary, run_from_args
+    from causal2vec.job_result import print_result
 
     logging.getLogger("causal2vec").setLevel(logging.INFO)  # progress: chunks committed, passes, summary
     summary = run_from_args(args)
     print(format_summary(summary), file=sys.stderr)
-    print("RESULT_JSON " + json.dumps(summary, default=str), flush=True)
+    print_result(summary)
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:

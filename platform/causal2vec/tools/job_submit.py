@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from causal2vec.job_result import find_result
 from causal2vec.tools.processes import LocalHead, ProcessError, ray_bin, ray_env
 
 _TRAIN_REPORT = re.compile(r"'step': (\d+).*?'loss': ([0-9.]+).*?'samples_per_s': ([0-9.]+)")
@@ -49,13 +50,13 @@ def submit_job(head: LocalHead, root: Path, args: list[str], log_path: Path, con
             time.sleep(2)
             continue
         break
-    result = next((ln.removeprefix("RESULT_JSON ") for ln in reversed(lines) if ln.startswith("RESULT_JSON ")), None)
+    result = find_result(lines)
     if proc.returncode != 0 or result is None:
         errors = list(dict.fromkeys(_plain(ln) for ln in lines if ": error:" in ln))  # the job's own message
         tail = "\n".join(_plain(ln) for ln in lines[-15:])
         raise ProcessError(f"the job `python {' '.join(args[:1])}` failed (exit {proc.returncode}); full log: "
                         f"{log_path}\n" + ("\n".join(errors) if errors else tail))
-    return json.loads(result)
+    return result
 
 
 def _git_ignored(root: Path, path: Path) -> bool:

@@ -4,7 +4,6 @@ the curve, the exported model and one `RESULT_JSON {...}` line for scripts."""
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,6 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> dict:
+    from causal2vec.job_result import print_result
     from causal2vec.ray_init import ensure_ray
     from causal2vec.train.config import load_config
     from causal2vec.train.trainer import run_training
@@ -30,5 +30,5 @@ def run_from_args(args: argparse.Namespace) -> dict:
     print(f"exported model: {summary.get('export_dir')}")
     report = {"final": history[-1] if history else {}, "history": history, "export_dir": summary.get("export_dir"),
               "checkpoint": str(result.checkpoint.path) if result.checkpoint else None}
-    print("RESULT_JSON " + json.dumps(report, default=str), flush=True)  # one line, for scripts and tests
+    print_result(report)
     return report

@@ -12,13 +12,13 @@ and bench/multinode.py writes it down. This module: what the drills share.
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from causal2vec.job_result import find_result
 from causal2vec.tools.cluster.local import LocalCluster
 from causal2vec.tools.cluster.nodes import ClusterError
 
@@ -94,9 +94,7 @@ class Job:
         return status
 
     def result(self) -> dict[str, Any] | None:
-        lines = self._call("get_job_logs").splitlines()
-        found = [ln.removeprefix("RESULT_JSON ") for ln in lines if ln.startswith("RESULT_JSON ")]
-        return json.loads(found[-1]) if found else None
+        return find_result(self._call("get_job_logs").splitlines())
 
 
 def actor_nodes(cluster: LocalCluster) -> dict[str, list[str]]:
