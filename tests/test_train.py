@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -15,7 +10,7 @@ import numpy as np
 import pytest
 
 from causal2vec import Causal2Vec, Causal2VecError
-from causal2vec.tools.processes import free_port
+from causal2vec.job_result import find_result
 from causal2vec.train.config import load_config
 
 ROOT = Path(__file__).parents[1]
@@ -124,27 +119,19 @@ def test_bad_configs_and_data_are_named(ray_session, tmp_path):
 
 def test_ray_job_submit_against_a_local_head_node(tmp_path):
     """The documented command, against `ray start --head` (its own cluster, separate from the test session's)."""
-    bin_dir = Path(sys.executable).parent
-    ray_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's Unix socket paths are length-capped
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}  # as with the virtualenv activated
-    dashboard = free_port()
-    start = [str(bin_dir / "ray"), "start", "--head", "--num-cpus=4", f"--port={free_port()}",
-             f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-             # every agent on its own free port: the defaults clash with the test session's Ray on this machine
-             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-             f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
-             f"--ray-client-server-port={free_port()}",
-             "--disable-usage-stats", f"--temp-dir={ray_dir}"]
+    from causal2vec.tools.cluster.nodes import RayNode
+    from causal2vec.tools.processes import ray_bin, ray_env
+
+    head = RayNode(num_cpus=4)
     agents_before = _dashboard_agents()
-    subprocess.run(start, check=True, env=env, capture_output=True, timeout=120)
+    head.start()
     try:
-        submit = [str(bin_dir / "ray"), "job", "submit", f"--address=http://127.0.0.1:{dashboard}",
+        submit = [ray_bin(), "job", "submit", f"--address={head.dashboard}",
                   "--working-dir", ".", "--", "python", "jobs/train.py", "--config", "jobs/configs/tiny.yaml",
                   "--set", f"ray.storage_path={tmp_path / 'runs'}", "--set", "optim.max_steps=6",
                   "--set", "data.dev.limit_queries=50"]
         for _ in range(15):  # the node's job agent comes up a few seconds after `ray start` returns
-            out = subprocess.run(submit, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+            out = subprocess.run(submit, cwd=ROOT, env=ray_env(), capture_output=True, text=True, timeout=600)
             if "No available agent" not in out.stderr:
                 break
             time.sleep(2)
@@ -152,11 +139,11 @@ def test_ray_job_submit_against_a_local_head_node(tmp_path):
         assert "succeeded" in out.stdout
         model = Causal2Vec.from_pretrained(tmp_path / "runs" / "tiny" / "model")
         assert model.encode(TEXTS).shape == (3, model.embedding_dim)
-        line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT_JSON "))
-        summary = json.loads(line.removeprefix("RESULT_JSON "))
+        summary = find_result(out.stdout.splitlines())
         assert summary["final"]["step"] == 6 and 0 <= summary["final"]["dev_ndcg_at_10"] <= 1
     finally:
-        stop_cluster(ray_dir)
+        cleanup = head.stop()
+    assert not cleanup["left"], f"the head's processes were left behind: {cleanup['left']}"
     leftover = _dashboard_agents() - agents_before
     assert not leftover, f"the head's agents were left behind: {leftover}"
 
@@ -167,31 +154,6 @@ def _dashboard_agents() -> set[int]:
 
     return {p.pid for p in psutil.process_iter(["cmdline", "status"])
             if p.info["status"] != psutil.STATUS_ZOMBIE and (p.info["cmdline"] or [""])[0].startswith("ray::Dash")}
-
-
-def stop_cluster(temp_dir: Path) -> None:
-    """Stop only the cluster started with this --temp-dir (`ray stop` would also kill the session's Ray)."""
-    import psutil
-
-    roots = [p for p in psutil.process_iter(["cmdline"])
-             if str(temp_dir) in " ".join(p.info["cmdline"] or []) and p.pid != os.getpid()]
-    # the agents rename themselves (ray::DashboardAgent): find them as the raylet's children
-    mine = {p.pid: p for root in roots for p in [root, *_children(root)]}.values()
-    for proc in mine:
-        proc.terminate()
-    _, alive = psutil.wait_procs(list(mine), timeout=15)
-    for proc in alive:
-        proc.kill()
-    shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _children(proc):
-    import psutil
-
-    try:
-        return proc.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
 
 
 def test_projector_alignment_leaves_the_adapters_alone(ray_session, tmp_path, tiny):

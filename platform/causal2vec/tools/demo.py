@@ -32,9 +32,10 @@ from typing import Any
 
 from causal2vec.errors import USAGE_ERROR, Causal2VecError
 from causal2vec.tools import checkout
+from causal2vec.tools.cluster.nodes import RayNode
 from causal2vec.tools.demo_serving import SERVED_NAME, TABLE, query_app, wait_for_app, write_serve_config
 from causal2vec.tools.job_submit import embed_echo, submit_job, train_echo
-from causal2vec.tools.processes import LocalHead, ProcessError, free_port, ray_bin, run
+from causal2vec.tools.processes import ProcessError, free_port, ray_bin, run
 
 # The default run: the pretrained MiniLM pair (`minilm-small`) fine-tuned for a few steps, so search answers mean
 # something. `tiny=True`: the random-init tiny preset with a shortened run (what the tests use; ~2 minutes).
@@ -103,7 +104,7 @@ def run_demo(output_dir: str | Path = "demo_output", *, tiny: bool = False, trai
     for name in OWNED:
         path = out / name
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-    head = LocalHead(num_cpus=num_cpus)
+    head = RayNode(num_cpus=num_cpus)
     served = False
     failure: BaseException | None = None
     try:

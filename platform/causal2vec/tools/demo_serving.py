@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from causal2vec.serve.config import parse_args
-from causal2vec.tools.processes import LocalHead, ProcessError
+from causal2vec.tools.cluster.nodes import RayNode
+from causal2vec.tools.processes import ProcessError
 
 TABLE = "samples"
 SERVED_NAME = "causal2vec-demo"
@@ -31,7 +32,7 @@ def write_serve_config(root: Path, path: Path, *, model: str, lancedb_uri: str, 
     return config
 
 
-def wait_for_app(head: LocalHead, url: str, timeout: float = 300) -> None:
+def wait_for_app(head: RayNode, url: str, timeout: float = 300) -> None:
     """Until the app is RUNNING (Serve's REST API on the dashboard) and /health answers 200."""
     import httpx
 

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from causal2vec.job_result import find_result
-from causal2vec.tools.processes import LocalHead, ProcessError, ray_bin, ray_env
+from causal2vec.tools.cluster.nodes import RayNode
+from causal2vec.tools.processes import ProcessError, ray_bin, ray_env
 
 _TRAIN_REPORT = re.compile(r"'step': (\d+).*?'loss': ([0-9.]+).*?'samples_per_s': ([0-9.]+)")
 _COMMIT = re.compile(r"committed (\d+) rows to")
 
 
-def submit_job(head: LocalHead, root: Path, args: list[str], log_path: Path, console,
+def submit_job(head: RayNode, root: Path, args: list[str], log_path: Path, console,
                echo: Callable[[str], str | None], exclude: Path | None = None) -> dict[str, Any]:
     """`ray job submit --working-dir . -- python ARGS` against the head; the full log goes to `log_path`, the lines
     `echo` maps to text are shown; returns the job's `RESULT_JSON` line. `exclude`: the output directory, kept out

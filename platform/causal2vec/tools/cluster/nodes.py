@@ -11,6 +11,7 @@ themselves, e.g. ray::IDLE), found with psutil.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -19,19 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from causal2vec.errors import Causal2VecError
-from causal2vec.tools.processes import OwnedProcesses, free_port, ray_env
+from causal2vec.tools.processes import ProcessError, free_port, ray_env
 
 # what `ray start` says when it gave up on a slow start (worth another try) rather than on a bad setting
 RETRYABLE = ("timed out during startup", "Failed to start the dashboard", "timed out after", "Failed to connect to GCS")
 
 
-class ClusterError(Causal2VecError):
+class ClusterError(ProcessError):
     """A Ray node or cluster on this machine failed to start or to stop; the message carries its output."""
 
 
 @dataclass
-class RayNode(OwnedProcesses):
+class RayNode:
     """`ray start` for one node: the head when `head_address` is None, else a worker joining that GCS address.
     The defaults are a head on 127.0.0.1 (what the demo starts)."""
 
@@ -101,6 +101,70 @@ class RayNode(OwnedProcesses):
         self.processes()  # remember what started, even if it failed half-way
         return cmd, returncode, output
 
+    def processes(self) -> list:
+        """Every live process: those naming its temp dir, and all their descendants (workers and agents
+        rename themselves, e.g. ray::IDLE, so they are found as children)."""
+        import psutil
+
+        if self.temp_dir is None:
+            return []
+        mark, me = str(self.temp_dir), os.getpid()
+        roots = []
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                if proc.pid != me and mark in " ".join(proc.info["cmdline"] or []):
+                    roots.append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        found = {p.pid: p for root in roots for p in [root, *_children(root)]}
+        self.seen |= set(found)
+        return list(found.values())
+
+    def stop(self, timeout: float = 5) -> dict[str, Any]:
+        """Terminate every process, kill what remains after `timeout` (gcs_server, the raylet and some agents outwait
+        a SIGTERM for tens of seconds; nothing here needs a graceful exit) and check none is alive."""
+        import psutil
+
+        procs = self.processes()
+        for proc in procs:
+            try:
+                proc.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=timeout)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=10)
+        left = self.leftovers()
+        if self.temp_dir is not None and not left:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+        return {"stopped": len(procs), "seen": len(self.seen), "left": left,
+                "temp_dir": str(self.temp_dir), "temp_dir_removed": self.temp_dir is not None and not
+                self.temp_dir.exists()}
+
+    def leftovers(self) -> list[dict[str, Any]]:
+        """Processes still alive: any pid seen, or anything naming the temp dir."""
+        import psutil
+
+        left = {p.pid: p for p in self.processes()}
+        for pid in self.seen:
+            try:
+                proc = psutil.Process(pid)
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    left[pid] = proc
+            except psutil.NoSuchProcess:
+                continue
+        out = []
+        for pid, proc in sorted(left.items()):
+            try:
+                out.append({"pid": pid, "name": proc.name(), "cmdline": " ".join(proc.cmdline())[:200]})
+            except psutil.NoSuchProcess:
+                continue
+        return out
+
     def kill(self) -> list[dict[str, Any]]:
         """Lose the node like a machine: SIGKILL its raylet, then every other process of it, with no chance to clean
         up, and its temp dir with them; returns what was killed. The node can `start()` again (a new Ray node id,
@@ -128,3 +192,12 @@ def _name(proc) -> str:
         return proc.name()
     except psutil.NoSuchProcess:
         return "?"
+
+
+def _children(proc) -> list:
+    import psutil
+
+    try:
+        return proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
