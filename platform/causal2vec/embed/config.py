@@ -32,9 +32,8 @@ class TokenizeSection(Strict):
         return value
 
     def ray_args(self) -> dict[str, Any]:
-        """The pool's resource arguments for `map_batches` / `ray.remote` (no GPUs or custom resources: left out)."""
-        extra = {"num_gpus": getattr(self, "num_gpus", 0.0), "resources": self.resources}
-        return {"num_cpus": self.num_cpus, **{key: value for key, value in extra.items() if value}}
+        """The pool's resource arguments for `map_batches` / `ray.remote` (no custom resources: left out)."""
+        return {"num_cpus": self.num_cpus, **({"resources": self.resources} if self.resources else {})}
 
     def strategy(self):
         from ray.data import ActorPoolStrategy
@@ -49,6 +48,9 @@ class StageSection(TokenizeSection):
     concurrency: str = Field("1", description="actor pool size: N, or MIN-MAX to autoscale",
                              json_schema_extra={"metavar": "N|MIN-MAX"})
     num_gpus: float = Field(0.0, description="GPUs per actor (fractions allowed)", json_schema_extra={"flag": "gpus"})
+
+    def ray_args(self) -> dict[str, Any]:
+        return super().ray_args() | ({"num_gpus": self.num_gpus} if self.num_gpus else {})
 
 
 class EmbedConfig(Strict):
