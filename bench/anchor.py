@@ -31,19 +31,24 @@ class Anchor:
 
 def train_anchor(pairs: Path, out: Path, *, samples: int, batch_size: int, lr: float = 5e-5,
                  temperature: float = 0.05, max_length: int = 128, warmup_steps: int = 10, seed: int = 0,
-                 bf16: bool = False) -> dict:
+                 bf16: bool = False, negatives: int = 0) -> dict:
     """Fine-tune all-MiniLM-L6-v2 on the first `samples` pairs of a shuffled `pairs` file; save it to `out`.
-    `bf16` autocast is off by default: through the HF Trainer it measured slower than fp32 here (14 vs 10 s/step)."""
+    `bf16` autocast is off by default: through the HF Trainer it measured slower than fp32 here (14 vs 10 s/step).
+    `negatives`: that many of each pair's mined hard negatives (the file's `negatives` column) join the in-batch
+    ones, as they do for the Causal2Vec run."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, losses
     from sentence_transformers.training_args import BatchSamplers, SentenceTransformerTrainingArguments
 
     from causal2vec.model.presets import minilm_path
 
-    table = pq.read_table(pairs, columns=["query", "positive"])
+    table = pq.read_table(pairs, columns=["query", "positive"] + (["negatives"] if negatives else []))
     order = np.random.default_rng(seed).permutation(table.num_rows)[:samples]
     table = table.take(order)
-    data = Dataset.from_dict({"anchor": table["query"].to_pylist(), "positive": table["positive"].to_pylist()})
+    columns = {"anchor": table["query"].to_pylist(), "positive": table["positive"].to_pylist()}
+    for k in range(negatives):
+        columns[f"negative_{k + 1}"] = [row[k] for row in table["negatives"].to_pylist()]
+    data = Dataset.from_dict(columns)
     model = SentenceTransformer(str(minilm_path()), device="cpu")
     model.max_seq_length = max_length
     args = SentenceTransformerTrainingArguments(
@@ -59,7 +64,8 @@ def train_anchor(pairs: Path, out: Path, *, samples: int, batch_size: int, lr: f
     steps = samples // batch_size
     return {"model": "all-MiniLM-L6-v2 fine-tuned alone (sentence-transformers, MultipleNegativesRankingLoss)",
             "pairs": steps * batch_size, "steps": steps, "batch_size": batch_size, "lr": lr,
-            "temperature": temperature, "max_length": max_length, "bf16": bf16, "train_s": round(wall, 1),
+            "temperature": temperature, "max_length": max_length, "bf16": bf16, "hard_negatives": negatives,
+            "train_s": round(wall, 1),
             "samples_per_s": round(steps * batch_size / wall, 2), "model_dir": str(out / "model")}
 
 

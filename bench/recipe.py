@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from common import RESULTS, command, hardware, pyplot
-from train_quality import ROOT, budget_run, debian_task, one_pass_pairs
+from train_quality import ROOT, budget_run, debian_task, hard_negative_pairs, one_pass_pairs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -52,10 +52,19 @@ EXPERIMENTS: dict[str, tuple[str, list[str]]] = {
     "t0.02+projector-lr-1e-5": ("the projector and encoder at 1e-5 instead of 5e-5",
                                 [ALL, "optim.lr_encoder=1.0e-5"]),
     "t0.02+temperature-0.01": ("temperature 0.01", [ALL, "optim.temperature=0.01"]),
+    # round 4, against all-linear+temperature-0.02 (the base config as it is)
+    "t0.02+hard-negatives-1": ("one mined hard negative per query (MiniLM zero-shot, nearest non-positive: mostly a "
+                               "sibling package)", [ALL, "data.num_hard_negatives=1"]),
+    "t0.02+max-length-256": ("256 tokens instead of 128 for both parts: 13.5% of the documents are longer than 128 "
+                             "SmolLM2 tokens, and cut there 7% of the test queries' documents equal another's",
+                             [ALL, "model.max_decoder_length=256", "model.max_encoder_length=256"]),
 }
 
 
 def train(args, name: str, sets: list[str], pairs: Path, work: Path) -> dict:
+    negatives = [int(s.split("=", 1)[1]) for s in sets if s.startswith("data.num_hard_negatives=")]
+    if negatives and negatives[-1]:
+        pairs = hard_negative_pairs(args.data, pairs, negatives[-1])
     summary = budget_run(args.config, f"recipe-{name}", pairs, work, steps=args.steps, micro_batch=args.micro_batch,
                          sets=sets)
     history = summary["history"]

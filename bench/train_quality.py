@@ -3,9 +3,10 @@ the real job, and score it on the whole test split against the whole corpus, nex
 
 Trains through `jobs/train.py` (Ray Train + DeepSpeed, exactly what `ray job submit` runs). The anchor is
 all-MiniLM-L6-v2 fine-tuned alone with sentence-transformers on the same pairs file, the same number of pairs, the
-same global batch and max length, at its own default temperature (bench/anchor.py): the bar the decoder has to
-clear. `--corpus-size` scores against judged documents plus distractors instead (partial; baselines left out). Both are scored by the same
-evaluator in the same run; the data set's reference baselines (BM25, MiniLM zero-shot) sit beside them. Writes
+same global batch, max length and hard negatives (`data.num_hard_negatives`: mined once, `hard_negative_pairs`), at
+its own default temperature (bench/anchor.py): the bar the decoder has to clear. `--corpus-size` scores against
+judged documents plus distractors instead (partial; baselines left out). Both are scored by the same evaluator in
+the same run; the data set's reference baselines (BM25, MiniLM zero-shot) sit beside them. Writes
 bench/results/train_quality_<model>.json and a PNG with the training curve.
 
     python bench/train_quality.py --data ../shared/data/debian-pkgs --max-steps 200 --set model.gradient_checkpointing=true
@@ -27,6 +28,7 @@ import pyarrow.parquet as pq
 from common import RESULTS, command, hardware, pyplot
 
 from causal2vec.job_result import PREFIX, find_result
+from causal2vec.train.config import load_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,11 +69,37 @@ def one_pass_pairs(data: Path, work: Path, steps: int, micro_batch: int) -> Path
     return pairs
 
 
+def hard_negative_pairs(data: Path, pairs: Path, num: int, skip: int = 0) -> Path:
+    """`pairs` plus a `negatives` column: each query's `num` nearest documents under all-MiniLM-L6-v2 zero-shot
+    (`causal2vec.train.mining`), after `skip`. Mined from the training packages' documents only: no dev or test
+    package's document is ever a training negative (splits are by source package). `skip` is 0 by default: here
+    the nearest non-positives are sibling packages, true negatives and exactly the confusions to learn."""
+    out = pairs.with_name(f"{pairs.stem}_neg{num}_skip{skip}.parquet")
+    if out.exists():
+        return out
+    from anchor import load_anchor
+
+    from causal2vec.model.presets import minilm_path
+    from causal2vec.train.mining import mine_hard_negatives
+
+    held_out = set()
+    for split in ("dev", "test"):
+        held_out |= set(pq.read_table(data / f"{split}.parquet", columns=["source"])["source"].to_pylist())
+    corpus = pq.read_table(data / "corpus.parquet", columns=["source", "text"])
+    texts = [t for t, s in zip(corpus["text"].to_pylist(), corpus["source"].to_pylist()) if s not in held_out]
+    table = pq.read_table(pairs)
+    miner = load_anchor(minilm_path(), "bf16")  # bf16: ~5x faster here, and a ranking that close is all mining needs
+    print(f"mining {num} hard negative(s) for {table.num_rows} pairs among {len(texts)} documents", flush=True)
+    negatives = mine_hard_negatives(miner, table["query"].to_pylist(), table["positive"].to_pylist(), texts,
+                                    num=num, skip=skip, show_progress=True)
+    pq.write_table(table.append_column("negatives", pa.array(negatives, pa.list_(pa.string()))), out)
+    return out
+
+
 def budget_run(config: Path, name: str, pairs: Path, work: Path, *, steps: int, micro_batch: int,
                sets: list[str], reports: int = 10) -> dict:
     """One experiment through the real job, in this process (Ray already up): `pairs` seen once, no dev evaluation,
     one checkpoint at the end; `sets` go last, so they win. The job's summary plus `train_s`."""
-    from causal2vec.train.config import load_config
     from causal2vec.train.trainer import run_training
 
     slug = "".join(c if c.isalnum() else "-" for c in name)
@@ -142,17 +170,17 @@ def anchor(args, work: Path, pairs: Path, report: dict) -> dict:
     """MiniLM fine-tuned alone on as many pairs as the Causal2Vec run saw, same batch and max length."""
     from anchor import load_anchor, train_anchor
 
-    from causal2vec.train.config import load_config
-
     config = load_config(args.config, args.set)
+    negatives = config.data.num_hard_negatives
     saved = work / "anchor_report.json"
-    if saved.exists() and json.loads(saved.read_text())["pairs"] == report["final"]["samples"]:
-        row = json.loads(saved.read_text())
+    done = json.loads(saved.read_text()) if saved.exists() else {}
+    if done.get("pairs") == report["final"]["samples"] and done.get("hard_negatives", 0) == negatives:
+        row = done
     else:
         o = config.optim
         row = train_anchor(pairs, work / "anchor", samples=report["final"]["samples"],
                            batch_size=o.micro_batch_size * config.ray.num_workers * o.grad_accumulation,
-                           max_length=config.model.max_encoder_length or 128)
+                           max_length=config.model.max_encoder_length or 128, negatives=negatives)
         saved.write_text(json.dumps(row, indent=1))
     row["test"] = score(args, load_anchor(row["model_dir"], args.eval_dtype))
     return row
@@ -208,6 +236,9 @@ def main() -> int:
     args.output = args.output or RESULTS / f"train_quality_{label}.json"
 
     pairs = training_pairs(args.data, "train", work / "train_pairs.parquet")
+    negatives = load_config(args.config, args.set).data.num_hard_negatives
+    if negatives:  # mined once; the anchor trains on the same negatives
+        pairs = hard_negative_pairs(args.data, pairs, negatives)
     report = (json.loads((work / "train_report.json").read_text()) if args.skip_train else train(args, work, pairs))
     test = score(args, Path(report["export_dir"]))
     anchor_row = None if args.skip_anchor else anchor(args, work, pairs, report)
@@ -251,8 +282,6 @@ def main() -> int:
 
 
 def _model_label(args) -> str:
-    from causal2vec.train.config import load_config
-
     m = load_config(args.config, args.set).model
     return m.init or Path(m.decoder).name
 
