@@ -24,6 +24,8 @@ import numpy as np
 from common import RESULTS, command, hardware, pyplot
 from train_quality import ROOT, budget_run, debian_task, hard_negative_pairs, one_pass_pairs
 
+from causal2vec.train.config import load_config
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -62,9 +64,9 @@ EXPERIMENTS: dict[str, tuple[str, list[str]]] = {
 
 
 def train(args, name: str, sets: list[str], pairs: Path, work: Path) -> dict:
-    negatives = [int(s.split("=", 1)[1]) for s in sets if s.startswith("data.num_hard_negatives=")]
-    if negatives and negatives[-1]:
-        pairs = hard_negative_pairs(args.data, pairs, negatives[-1])
+    negatives = load_config(args.config, sets).data.num_hard_negatives  # as the run will see it
+    if negatives:
+        pairs = hard_negative_pairs(args.data, pairs, negatives)
     summary = budget_run(args.config, f"recipe-{name}", pairs, work, steps=args.steps, micro_batch=args.micro_batch,
                          sets=sets)
     history = summary["history"]
