@@ -7,7 +7,8 @@ so its `optim.align_steps` is 0: it trains the full objective on every step of t
 
     python bench/ablation.py --data ../shared/data/debian-pkgs
 
-Finished variants are kept in the work folder, so an interrupted run picks up where it stopped.
+Each variant lands in the results JSON as it finishes; a rerun with the same budget skips the variants already there
+(in the work folder, or in the committed results when the work folder is gone), so a run can span sessions.
 """
 
 from __future__ import annotations
@@ -50,6 +51,18 @@ def score(args, model_dir: str) -> dict:
     return evaluate(model, task, batch_size=64)
 
 
+def finished_variants(done_file: Path, published: Path, report: dict) -> dict:
+    """Variants already scored: from this work folder, else from the published results of the same budget and
+    evaluation (a run split over several sessions, whose work folders are gone, resumes from what it committed)."""
+    if done_file.exists():
+        return json.loads(done_file.read_text())
+    if published.exists():
+        earlier = json.loads(published.read_text())
+        if all(earlier.get(key) == report[key] for key in ("model", "budget", "eval")):
+            return {name: {"hardware": earlier["hardware"]} | row for name, row in earlier["variants"].items()}
+    return {}
+
+
 def plot(rows: dict, model: str, path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.5))
@@ -90,11 +103,18 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     pairs = one_pass_pairs(args.data, work, args.steps, args.micro_batch)  # every variant sees the same pairs once
 
+    args.output = args.output or RESULTS / f"ablation_{model}.json"
+    report = {"command": command(), "hardware": hardware(), "model": model,
+              "config": str(args.config.relative_to(ROOT)) if args.config.is_relative_to(ROOT) else str(args.config),
+              "budget": {"steps": args.steps, "global_batch": 2 * args.micro_batch, "workers": 2,
+                         "pairs_file_rows": pq.read_metadata(pairs).num_rows, "overrides": args.set},
+              "eval": {"split": "test", "queries": args.test_queries, "corpus_size": args.corpus_size,
+                       "dtype": args.eval_dtype}}
+    rows = finished_variants(work / "done.json", args.output, report)
+
     import ray
 
     ray.init(num_cpus=4, include_dashboard=False)  # more logical CPUs than cores (PLATFORM notes)
-    done_file = work / "done.json"
-    rows = json.loads(done_file.read_text()) if done_file.exists() else {}
     for name in args.variants:
         if name in rows:
             print(f"{name}: done earlier, nDCG@10 {rows[name]['test']['ndcg_at_10']:.4f}", flush=True)
@@ -102,22 +122,14 @@ def main() -> int:
         print(f"== {name}", flush=True)
         row = train_variant(args, name, VARIANTS[name], pairs, work)
         row["test"] = score(args, row["export_dir"])
-        rows[name] = row
-        done_file.write_text(json.dumps(rows, indent=1))
+        rows[name] = row | {"hardware": report["hardware"]}  # a run that spans sessions may span machines
+        (work / "done.json").write_text(json.dumps(rows, indent=1))
+        args.output.write_text(json.dumps(report | {"variants": rows}, indent=1))  # each variant lands as it ends
+        plot(rows, model, args.output.with_suffix(".png"))
         print(f"{name}: nDCG@10 {row['test']['ndcg_at_10']:.4f}  Recall@10 {row['test']['recall_at_10']:.4f}",
               flush=True)
     ray.shutdown()
 
-    args.output = args.output or RESULTS / f"ablation_{model}.json"
-    report = {"command": command(), "hardware": hardware(), "model": model,
-              "config": str(args.config.relative_to(ROOT)) if args.config.is_relative_to(ROOT) else str(args.config),
-              "budget": {"steps": args.steps, "global_batch": 2 * args.micro_batch, "workers": 2,
-                         "pairs_file_rows": pq.read_metadata(pairs).num_rows, "overrides": args.set},
-              "eval": {"split": "test", "queries": args.test_queries, "corpus_size": args.corpus_size,
-                       "dtype": args.eval_dtype},
-              "variants": rows}
-    args.output.write_text(json.dumps(report, indent=1))
-    plot(rows, model, args.output.with_suffix(".png"))
     print(f"\n{'variant':38} nDCG@10  Recall@10")
     for name, row in rows.items():
         print(f"{name:38} {row['test']['ndcg_at_10']:.4f}   {row['test']['recall_at_10']:.4f}")
