@@ -1,9 +1,9 @@
 """Node failures on a real multi-node Ray cluster on this machine: what was killed when, rows before and after, steps
 lost, requests failed, recovery times. Writes bench/results/multinode.json and a timeline PNG.
 
-A head and 2 worker nodes, each `ray start` in its own network namespace (causal2vec.tools.cluster; `--no-namespaces`: the
-loopback fallback), run the three drills of causal2vec.tools.cluster.drills one after the other, each killing a worker
-node (kill -9 of its raylet and workers) and bringing it back:
+A head and 2 worker nodes, each `ray start` in its own network namespace (causal2vec.tools.cluster;
+`--no-namespaces`: the loopback fallback), run the three drills of causal2vec.tools.cluster.drills one after the
+other, each killing a worker node (kill -9 of its raylet and workers) and bringing it back:
 
     embed   jobs/embed_corpus.py, encoder stage on the head, decoder stage on a worker: that worker is killed mid-job
     train   jobs/train.py, 2 Train workers on the 2 worker nodes (gloo): one node is killed after a checkpoint

@@ -9,7 +9,8 @@ judged documents plus distractors instead (partial; baselines left out). Both ar
 the same run; the data set's reference baselines (BM25, MiniLM zero-shot) sit beside them. Writes
 bench/results/train_quality_<model>.json and a PNG with the training curve.
 
-    python bench/train_quality.py --data ../shared/data/debian-pkgs --max-steps 200 --set model.gradient_checkpointing=true
+    python bench/train_quality.py --data ../shared/data/debian-pkgs --max-steps 200 \
+        --set model.gradient_checkpointing=true
     python bench/train_quality.py --data ../shared/data/debian-pkgs --skip-train   # re-score an exported model
 """
 
@@ -142,7 +143,8 @@ def train(args, work: Path, pairs: Path) -> dict:
 
 
 def debian_task(data: Path, split: str, limit_queries: int | None = None, corpus_size: int | None = None):
-    """A Debian split as a retrieval task: the whole corpus, or its judged documents plus distractors (`corpus_size`)."""
+    """A Debian split as a retrieval task: the whole corpus, or its judged documents plus distractors
+    (`corpus_size`)."""
     from causal2vec.eval.retrieval import RetrievalTask
 
     task = RetrievalTask.from_files(data / "corpus.parquet", data / f"{split}.parquet", name=f"debian-{split}",

@@ -78,8 +78,8 @@ def save(model, path: str | Path, *, merge_lora: bool = False) -> Path:
         if model.context_encoder is not None:
             model.context_encoder.encoder.save_pretrained(tmp / ENCODER_DIR)
             model.encoder_tokenizer.save_pretrained(tmp / ENCODER_DIR)
-            save_file({k: v.detach().contiguous().cpu() for k, v in model.context_encoder.projector.state_dict().items()},
-                      tmp / PROJECTOR_FILE)
+            projector = model.context_encoder.projector.state_dict()
+            save_file({k: v.detach().contiguous().cpu() for k, v in projector.items()}, tmp / PROJECTOR_FILE)
         if model.has_lora:
             _base_decoder_save(model.decoder, tmp / DECODER_DIR)
             model.decoder.save_pretrained(tmp / ADAPTER_DIR)
