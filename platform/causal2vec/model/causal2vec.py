@@ -135,8 +135,8 @@ class Causal2Vec(nn.Module):
             raise Causal2VecError(f"this model holds only its {self.part} part; load it with part='encoder' or whole")
         return self.context_encoder(batch.input_ids, batch.attention_mask).to(self.dtype)
 
-    def decoder_hidden_states(self, batch: DecoderBatch, ctx: torch.Tensor | None) -> torch.Tensor:
-        """Last hidden states of the decoder over the full layout, with CTX spliced in at `ctx_index`."""
+    def decoder_inputs(self, batch: DecoderBatch, ctx: torch.Tensor | None) -> torch.Tensor:
+        """The decoder's input embeddings over the full layout, with CTX spliced in at `ctx_index`."""
         if self.decoder is None:
             raise Causal2VecError("this model holds only its encoder part; load it with part='decoder' or whole")
         embeds = self.decoder.get_input_embeddings()(batch.input_ids)
@@ -145,7 +145,11 @@ class Causal2Vec(nn.Module):
                 raise Causal2VecError("this model needs CTX vectors for the decoder stage")
             rows = torch.arange(embeds.shape[0], device=embeds.device)
             embeds = embeds.index_put((rows, batch.ctx_index), ctx.to(embeds.dtype))
-        out = self.decoder(inputs_embeds=embeds, attention_mask=batch.attention_mask,
+        return embeds
+
+    def decoder_hidden_states(self, batch: DecoderBatch, ctx: torch.Tensor | None) -> torch.Tensor:
+        """Last hidden states of the decoder over the full layout."""
+        out = self.decoder(inputs_embeds=self.decoder_inputs(batch, ctx), attention_mask=batch.attention_mask,
                            position_ids=batch.position_ids, use_cache=False)
         return out.last_hidden_state
 
