@@ -93,6 +93,24 @@ def test_layout_bos_instruction_ctx_text_eos(tiny):
     assert batch.position_ids[0].tolist() == list(range(len(row)))
 
 
+@pytest.mark.parametrize("placement", ["after_instruction", "after_bos"])
+def test_ctx_prefix_sits_right_before_ctx_and_survives_save(tiny, tmp_path, placement):
+    """The CTX prefix moves CTX off the position right after BOS, for documents and queries, in both placements."""
+    instr = "Instruct: find the package\nQuery: "
+    tiny.save_pretrained(tmp_path / "m")
+    model = Causal2Vec.from_pretrained(tmp_path / "m", ctx_prefix="\n", ctx_placement=placement)
+    lead = model.decoder_tokenizer("\n", add_special_tokens=False)["input_ids"]
+    plain = Causal2Vec.from_pretrained(tmp_path / "m", ctx_placement=placement).builder([SHORT, SHORT],
+                                                                                        [None, instr]).decoder
+    moved = model.builder([SHORT, SHORT], [None, instr]).decoder
+    assert (moved.ctx_index == plain.ctx_index + len(lead)).all() and (moved.ctx_index > 1).all()
+    for row, ctx in zip(moved.input_ids.tolist(), moved.ctx_index.tolist()):
+        assert row[ctx - len(lead):ctx] == lead
+    assert model.encode([SHORT]).shape == (1, tiny.embedding_dim)
+    model.save_pretrained(tmp_path / "again")
+    assert Causal2Vec.from_pretrained(tmp_path / "again").config.ctx_prefix == "\n"
+
+
 def test_instruction_reaches_the_decoder_only(tiny):
     plain, instructed = tiny.builder([SHORT]), tiny.builder([SHORT], "Represent the query: ")
     assert torch.equal(plain.encoder.input_ids, instructed.encoder.input_ids)

@@ -1,9 +1,10 @@
 """One batch builder for both tokenizers.
 
 The decoder layout lives here and nowhere else:
-    after_instruction (default): [BOS] [instruction] [CTX] [text] [EOS]
-    after_bos:                   [BOS] [CTX] [instruction] [text] [EOS]
+    after_instruction (default): [BOS] [instruction] [ctx_prefix] [CTX] [text] [EOS]
+    after_bos:                   [BOS] [ctx_prefix] [CTX] [instruction] [text] [EOS]
     use_ctx_token=False:         [BOS] [instruction] [text] [EOS]
+`ctx_prefix` (config, default none) is fixed text tokenized into the decoder's vocabulary.
 The encoder sees the text only, never the instruction. CTX is not a vocabulary token: its slot holds the pad id and
 the model splices the projected encoder vector into `inputs_embeds` at `ctx_index`.
 """
@@ -90,7 +91,7 @@ class BatchBuilder:
         enc = encoder_tokenizer
         self.encoder_pad_id = enc.pad_token_id if enc.pad_token_id is not None else 0
         self._encoder_prefix, self._encoder_suffix = _special_token_template(enc)
-        self._instruction_cache: dict[str, list[int]] = {}
+        self._prefix_cache: dict[str, list[int]] = {}
 
     # -- public -------------------------------------------------------------------------------------------------
     def __call__(self, texts: Sequence[str], instruction: str | Sequence[str | None] | None = None) -> Batch:
@@ -194,21 +195,22 @@ class BatchBuilder:
 
     def _prefix(self, instruction: str | None) -> tuple[list[int], int]:
         """Token ids before the text, and the CTX slot's index in them (-1 if none)."""
-        instr = self._instruction_ids(instruction)
+        instr = self._text_ids(instruction)
         bos = [self.bos_id] if self.bos_id is not None else []
         if not self.config.use_ctx_token:
             return bos + instr, -1
+        lead = self._text_ids(self.config.ctx_prefix)
         if self.config.ctx_placement == "after_bos":
-            return bos + [self.pad_id] + instr, len(bos)
-        return bos + instr + [self.pad_id], len(bos) + len(instr)
+            return bos + lead + [self.pad_id] + instr, len(bos) + len(lead)
+        return bos + instr + lead + [self.pad_id], len(bos) + len(instr) + len(lead)
 
-    def _instruction_ids(self, instruction: str | None) -> list[int]:
-        if not instruction:
+    def _text_ids(self, text: str | None) -> list[int]:
+        """Token ids of an instruction or the CTX prefix, without special tokens (cached: few distinct ones)."""
+        if not text:
             return []
-        if instruction not in self._instruction_cache:
-            self._instruction_cache[instruction] = self.decoder_tokenizer(
-                instruction, add_special_tokens=False)["input_ids"]
-        return self._instruction_cache[instruction]
+        if text not in self._prefix_cache:
+            self._prefix_cache[text] = self.decoder_tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._prefix_cache[text]
 
 
 def per_text(instruction: str | Sequence[str | None] | None, n: int) -> list[str | None]:
