@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from common import RESULTS, command, hardware, pyplot
+from common import RESULTS, command, finished_rows, hardware, pyplot
 from train_quality import ROOT, budget_run, debian_task, one_pass_pairs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -49,18 +49,6 @@ def score(args, model_dir: str) -> dict:
     task = debian_task(args.data, "test", args.test_queries, args.corpus_size)
     model = Causal2Vec.from_pretrained(model_dir, dtype=args.eval_dtype)
     return evaluate(model, task, batch_size=64)
-
-
-def finished_variants(done_file: Path, published: Path, report: dict) -> dict:
-    """Variants already scored: from this work folder, else from the published results of the same budget and
-    evaluation (a run split over several sessions, whose work folders are gone, resumes from what it committed)."""
-    if done_file.exists():
-        return json.loads(done_file.read_text())
-    if published.exists():
-        earlier = json.loads(published.read_text())
-        if all(earlier.get(key) == report[key] for key in ("model", "budget", "eval")):
-            return {name: {"hardware": earlier["hardware"]} | row for name, row in earlier["variants"].items()}
-    return {}
 
 
 def plot(rows: dict, model: str, path: Path) -> None:
@@ -110,7 +98,7 @@ def main() -> int:
                          "pairs_file_rows": pq.read_metadata(pairs).num_rows, "overrides": args.set},
               "eval": {"split": "test", "queries": args.test_queries, "corpus_size": args.corpus_size,
                        "dtype": args.eval_dtype}}
-    rows = finished_variants(work / "done.json", args.output, report)
+    rows = finished_rows(work / "done.json", args.output, report, ("model", "budget", "eval"), "variants")
 
     import ray
 

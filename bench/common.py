@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform as stdlib_platform
 import sys
@@ -40,3 +41,16 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def finished_rows(done_file: Path, published: Path, report: dict, same: tuple[str, ...], rows_key: str) -> dict:
+    """Rows already measured: from this work folder, else from the published results when they were measured under
+    the same `same` report fields (a run split over several sessions, whose work folders are gone, resumes from
+    what it committed). A published row keeps the hardware it ran on."""
+    if done_file.exists():
+        return json.loads(done_file.read_text())
+    if published.exists():
+        earlier = json.loads(published.read_text())
+        if all(earlier.get(key) == report[key] for key in same):
+            return {name: {"hardware": earlier["hardware"]} | row for name, row in earlier[rows_key].items()}
+    return {}

@@ -7,7 +7,8 @@ against their documents plus distractors. The test split is never touched here (
     python bench/recipe.py --data ../shared/data/debian-pkgs --experiments baseline lora-all
     python bench/recipe.py --data ../shared/data/debian-pkgs --custom my-try optim.temperature=0.02
 
-Finished experiments are kept in bench/work/recipe/done.json (keyed by name), so reruns only add what is missing;
+Finished experiments are kept in bench/work/recipe/done.json (keyed by name; when that folder is gone, read back
+from bench/results/recipe.json if the base config and evaluation match), so reruns only add what is missing;
 `--redo NAME` runs one again. Writes bench/results/recipe.json and a PNG.
 """
 
@@ -21,7 +22,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, command, hardware, pyplot
+from common import RESULTS, command, finished_rows, hardware, pyplot
 from train_quality import ROOT, budget_run, debian_task, hard_negative_pairs, one_pass_pairs
 
 from causal2vec.train.config import load_config
@@ -60,6 +61,10 @@ EXPERIMENTS: dict[str, tuple[str, list[str]]] = {
     "t0.02+max-length-256": ("256 tokens instead of 128 for both parts: 13.5% of the documents are longer than 128 "
                              "SmolLM2 tokens, and cut there 7% of the test queries' documents equal another's",
                              [ALL, "model.max_decoder_length=256", "model.max_encoder_length=256"]),
+    # round 5: a document's CTX sits right after BOS, where SmolLM2 writes a sink-like massive activation (a query's
+    # sits after its instruction); bench/ctx_probe.py
+    "t0.02+ctx-prefix-newline": ("a newline before CTX, so that no text's CTX sits right after BOS",
+                                 [ALL, 'model.ctx_prefix="\\n"']),
 }
 
 
@@ -169,7 +174,10 @@ def main() -> int:
 
     ray.init(num_cpus=4, include_dashboard=False)  # more logical CPUs than cores (PLATFORM notes)
     done_file = work / "done.json"
-    rows = json.loads(done_file.read_text()) if done_file.exists() else {}
+    report = {"command": command(), "hardware": hardware(), "base_config": str(args.config.relative_to(ROOT)),
+              "eval": {"split": "dev", "queries": args.dev_queries, "corpus_size": args.corpus_size,
+                       "dtype": args.eval_dtype}}
+    rows = finished_rows(done_file, args.output, report, ("base_config", "eval"), "experiments")
     for name, (why, sets) in todo.items():
         if name in rows and name not in args.redo:
             print(f"{name}: done earlier, dev nDCG@10 {rows[name]['dev']['ndcg_at_10']:.4f}", flush=True)
@@ -184,20 +192,17 @@ def main() -> int:
         row["dev"] = score(args, row["export_dir"])
         if not args.keep_models:
             shutil.rmtree(row.pop("export_dir"), ignore_errors=True)
-        rows[name] = row
+        rows[name] = row | {"hardware": report["hardware"]}  # a queue that spans sessions may span machines
         done_file.write_text(json.dumps(rows, indent=1))
         print(f"{name}: dev nDCG@10 {row['dev']['ndcg_at_10']:.4f}  Recall@10 {row['dev']['recall_at_10']:.4f}  "
               f"final loss {row['loss'][-1][1]:.3f}  {row['samples_per_s']:.2f} samples/s  "
               f"peak {row['peak_memory_gb']:.1f} GB/worker", flush=True)
     ray.shutdown()
     if args.anchor and (ANCHOR not in rows or ANCHOR in args.redo):
-        rows[ANCHOR] = run_anchor(args, pairs, work, budget)
+        rows[ANCHOR] = run_anchor(args, pairs, work, budget) | {"hardware": report["hardware"]}
         done_file.write_text(json.dumps(rows, indent=1))
 
-    report = {"command": command(), "hardware": hardware(), "base_config": str(args.config.relative_to(ROOT)),
-              "eval": {"split": "dev", "queries": args.dev_queries, "corpus_size": args.corpus_size,
-                       "dtype": args.eval_dtype}, "experiments": rows}
-    args.output.write_text(json.dumps(report, indent=1))
+    args.output.write_text(json.dumps(report | {"experiments": rows}, indent=1))
     plot(rows, args.output.with_suffix(".png"))
     print(f"\n{'experiment':34} dev nDCG@10  loss   samples/s  GB/worker")
     for name, row in rows.items():
