@@ -1,11 +1,12 @@
 """Does the decoder read the Contextual token? A look inside models whose CTX half scores at chance.
 
-For each model (a preset or an exported directory), on documents from the bundled sample corpus:
-- per layer, the attention the text tokens pay to BOS and to CTX (mean over heads, text tokens and documents), and
-  the residual-stream norm at CTX next to that of the text's last token;
-- at the last layer, the mean cosine between the CTX states of different documents (near 1: a constant, not a
-  summary), and how far a document's EOS state moves when its CTX vector is swapped for another document's.
-Writes bench/results/ctx_probe.json and a PNG (attention to CTX and CTX's norm per layer, one line per model).
+For each model (a preset or an exported directory), on bundled sample documents (no instruction: CTX right after
+BOS) and sample queries (after the Debian task's instruction):
+- per layer, the attention the text tokens pay to BOS and to CTX (mean over heads, text tokens and texts), and
+  the residual-stream norm at CTX next to that of the text's last token (EOS);
+- at the last layer, the mean cosine between the CTX states of different texts (near 1: a constant, not a
+  summary), and how far a text's EOS state moves when its CTX vector is swapped for another text's.
+Writes bench/results/ctx_probe.json and a PNG (attention to CTX and CTX's norm per layer, one line per model and kind).
 
     python bench/ctx_probe.py --models smollm2 bench/work/ablation_smollm2/ablation-ctx-True
 """
@@ -22,9 +23,11 @@ import torch
 import torch.nn.functional as F
 from common import RESULTS, command, hardware, pyplot
 
+from causal2vec.config import query_instruction
 from causal2vec.model.causal2vec import Causal2Vec
 
-SAMPLE_CORPUS = Path(__file__).resolve().parents[1] / "platform" / "causal2vec" / "samples" / "corpus.parquet"
+SAMPLES = Path(__file__).resolve().parents[1] / "platform" / "causal2vec" / "samples"
+TASK = "Given a Debian package synopsis, retrieve its description"  # the samples' task, as training uses it
 
 
 def mean_offdiagonal_cosine(x: torch.Tensor) -> float:
@@ -33,12 +36,8 @@ def mean_offdiagonal_cosine(x: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def probe(source: str, texts: list[str]) -> dict:
-    model = Causal2Vec.from_pretrained(source, device="cpu").eval()
-    if not model.config.use_ctx_token:
-        raise SystemExit(f"{source}: this model has no Contextual token to probe")
-    model.decoder.set_attn_implementation("eager")  # SDPA does not return attention weights
-    batch = model.builder(texts)
+def probe(model: Causal2Vec, texts: list[str], instruction: str | None) -> dict:
+    batch = model.builder(texts, instruction)
     dec = batch.decoder
     ctx = model.context_vectors(batch.encoder)
     rows = torch.arange(len(texts))
@@ -65,9 +64,9 @@ def probe(source: str, texts: list[str]) -> dict:
     final_ctx = out.last_hidden_state[rows, dec.ctx_index].float()
     final_eos = out.last_hidden_state[rows, last].float()
     swapped_eos = run(ctx.roll(1, 0)).last_hidden_state[rows, last].float()
-    return {"model": source, "documents": len(texts),
+    return {"texts": len(texts), "ctx_index": int(dec.ctx_index[0]),
             "ctx_input_norm": round(float(ctx.float().norm(dim=-1).mean()), 2),
-            "final_ctx_cosine_between_documents": round(mean_offdiagonal_cosine(final_ctx), 4),
+            "final_ctx_cosine_between_texts": round(mean_offdiagonal_cosine(final_ctx), 4),
             "eos_moves_when_ctx_swapped": round(float((final_eos - swapped_eos).norm(dim=-1).mean()
                                                       / final_eos.norm(dim=-1).mean()), 4),
             "layers": layers}
@@ -77,13 +76,14 @@ def plot(results: list[dict], path: Path) -> None:
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for row in results:
-        label = Path(row["model"]).name
-        left.plot([layer["attention_to_ctx"] for layer in row["layers"]], label=f"{label}: to CTX")
-        left.plot([layer["attention_to_bos"] for layer in row["layers"]], linestyle=":", label=f"{label}: to BOS")
-        right.plot([layer["norm_ctx"] for layer in row["layers"]], label=f"{label}: CTX")
-        right.plot([layer["norm_last_token"] for layer in row["layers"]], linestyle=":", label=f"{label}: EOS")
-    left.set(xlabel="decoder layer", ylabel="attention from text tokens", title="Who the text reads")
-    right.set(xlabel="decoder layer", ylabel="residual-stream norm", title="CTX carries a massive activation?")
+        label = f"{Path(row['model']).name}, {row['kind']}"
+        style = "-" if row["kind"] == "documents" else "--"
+        left.plot([layer["attention_to_ctx"] for layer in row["layers"]], style, label=label)
+        right.plot([layer["norm_ctx"] for layer in row["layers"]], style, label=label)
+    right.plot([layer["norm_last_token"] for layer in results[0]["layers"]], ":", color="grey",
+               label=f"EOS, for scale ({Path(results[0]['model']).name}, {results[0]['kind']})")
+    left.set(xlabel="decoder layer", ylabel="attention from the text to CTX", title="Does the text read CTX?")
+    right.set(xlabel="decoder layer", ylabel="residual-stream norm at CTX", title="Is CTX a sink?")
     left.legend(fontsize=7)
     right.legend(fontsize=7)
     fig.tight_layout()
@@ -93,19 +93,28 @@ def plot(results: list[dict], path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["smollm2"], help="presets or exported model directories")
-    parser.add_argument("--documents", type=int, default=16, help="from the bundled sample corpus")
+    parser.add_argument("--texts", type=int, default=16, help="documents and queries each, from the samples")
     parser.add_argument("--output", type=Path, default=RESULTS / "ctx_probe.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    texts = pq.read_table(SAMPLE_CORPUS, columns=["text"]).column("text").to_pylist()[:args.documents]
+    kinds = {"documents": (pq.read_table(SAMPLES / "corpus.parquet").column("text").to_pylist(), None),
+             "queries": (pq.read_table(SAMPLES / "queries.parquet").column("query").to_pylist(),
+                         query_instruction(TASK))}
     results = []
     for source in args.models:
-        results.append(probe(source, texts))
-        row = results[-1]
-        peak = max(row["layers"], key=lambda layer: layer["attention_to_ctx"])
-        print(f"{source}: attention to CTX peaks at {peak['attention_to_ctx']:.3f}; final CTX states' cosine "
-              f"between documents {row['final_ctx_cosine_between_documents']:.3f}; EOS moves "
-              f"{row['eos_moves_when_ctx_swapped']:.3f} when CTX is swapped", flush=True)
+        model = Causal2Vec.from_pretrained(source, device="cpu").eval()
+        if not model.config.use_ctx_token:
+            raise SystemExit(f"{source}: this model has no Contextual token to probe")
+        model.decoder.set_attn_implementation("eager")  # SDPA does not return attention weights
+        for kind, (texts, instruction) in kinds.items():
+            row = {"model": source, "kind": kind} | probe(model, texts[:args.texts], instruction)
+            results.append(row)
+            peak = max(row["layers"], key=lambda layer: layer["attention_to_ctx"])
+            jump = max(layer["norm_ctx"] / layer["norm_last_token"] for layer in row["layers"])
+            print(f"{source}, {kind} (CTX at {row['ctx_index']}): attention to CTX peaks at "
+                  f"{peak['attention_to_ctx']:.3f}; CTX norm up to {jump:.1f}x EOS's; final CTX states' cosine "
+                  f"{row['final_ctx_cosine_between_texts']:.3f}; EOS moves {row['eos_moves_when_ctx_swapped']:.3f} "
+                  f"when CTX is swapped", flush=True)
     args.output.write_text(json.dumps({"command": command(), "hardware": hardware(), "models": results}, indent=1))
     plot(results, args.output.with_suffix(".png"))
     print(f"wrote {args.output}")
