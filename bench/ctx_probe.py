@@ -9,6 +9,7 @@ BOS) and sample queries (after the Debian task's instruction):
 Writes bench/results/ctx_probe.json and a PNG (attention to CTX and CTX's norm per layer, one line per model and kind).
 
     python bench/ctx_probe.py --models smollm2 bench/work/ablation_smollm2/ablation-ctx-True
+    python bench/ctx_probe.py --models smollm2 --ctx-prefix $'\n' --output bench/results/ctx_probe_newline.json
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def plot(results: list[dict], path: Path) -> None:
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for row in results:
-        label = f"{Path(row['model']).name}, {row['kind']}"
+        label = f"{Path(row['model']).name}{' + prefix' if row['ctx_prefix'] else ''}, {row['kind']}"
         style = "-" if row["kind"] == "documents" else "--"
         left.plot([layer["attention_to_ctx"] for layer in row["layers"]], style, label=label)
         right.plot([layer["norm_ctx"] for layer in row["layers"]], style, label=label)
@@ -94,6 +95,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["smollm2"], help="presets or exported model directories")
     parser.add_argument("--texts", type=int, default=16, help="documents and queries each, from the samples")
+    parser.add_argument("--ctx-prefix", help="probe with this config.ctx_prefix instead of each model's own")
     parser.add_argument("--output", type=Path, default=RESULTS / "ctx_probe.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -102,12 +104,14 @@ def main() -> int:
                          query_instruction(TASK))}
     results = []
     for source in args.models:
-        model = Causal2Vec.from_pretrained(source, device="cpu").eval()
+        overrides = {} if args.ctx_prefix is None else {"ctx_prefix": args.ctx_prefix}
+        model = Causal2Vec.from_pretrained(source, device="cpu", **overrides).eval()
         if not model.config.use_ctx_token:
             raise SystemExit(f"{source}: this model has no Contextual token to probe")
         model.decoder.set_attn_implementation("eager")  # SDPA does not return attention weights
         for kind, (texts, instruction) in kinds.items():
-            row = {"model": source, "kind": kind} | probe(model, texts[:args.texts], instruction)
+            row = {"model": source, "ctx_prefix": model.config.ctx_prefix, "kind": kind}
+            row |= probe(model, texts[:args.texts], instruction)
             results.append(row)
             peak = max(row["layers"], key=lambda layer: layer["attention_to_ctx"])
             jump = max(layer["norm_ctx"] / layer["norm_last_token"] for layer in row["layers"])
