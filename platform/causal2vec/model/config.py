@@ -49,8 +49,8 @@ class Causal2VecConfig:
     use_ctx_token: bool = True  # False: the decoder alone (the paper's "without Contextual token" ablation)
     ctx_placement: CtxPlacement = "after_instruction"  # [BOS][instr][CTX][text][EOS] vs [BOS][CTX][instr][text][EOS]
     # Fixed text placed just before the CTX slot. SmolLM2 turns the token right after BOS into a second attention
-    # sink (a residual ~5x a text token's, near-constant across texts), so a document's CTX there, unlike a query's
-    # after its instruction, is overwritten: "\n" moves it one place on (bench/ctx_probe.py).
+    # sink (a residual 3-6x a text token's, its final state near-constant across texts), so a document's CTX there,
+    # unlike a query's after its instruction, carries little: "\n" moves it one place on (bench/ctx_probe.py).
     ctx_prefix: str | None = None
     padding_side: PaddingSide = "right"
     # The token closed onto every text, whose state `last` / `concat` pool; None = the tokenizer's EOS. An instruct
