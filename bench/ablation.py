@@ -80,18 +80,18 @@ def main() -> int:
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="overrides for every variant, e.g. model.gradient_checkpointing=true")
-    parser.add_argument("--work", type=Path, help="default: bench/work/ablation_<model>")
+    parser.add_argument("--work", type=Path, help="default: bench/work/<the output's name>")
     parser.add_argument("--output", type=Path, help="default: bench/results/ablation_<model>.json")
     args = parser.parse_args()
     args.data = args.data.resolve()
     from causal2vec.train.config import load_config
 
     model = load_config(args.config, args.set).model.init
-    work = (args.work or ROOT / "bench" / "work" / f"ablation_{model}").resolve()
+    args.output = args.output or RESULTS / f"ablation_{model}.json"
+    work = (args.work or ROOT / "bench" / "work" / args.output.stem).resolve()  # one work folder per results file
     work.mkdir(parents=True, exist_ok=True)
     pairs = one_pass_pairs(args.data, work, args.steps, args.micro_batch)  # every variant sees the same pairs once
 
-    args.output = args.output or RESULTS / f"ablation_{model}.json"
     report = {"command": command(), "hardware": hardware(), "model": model,
               "config": str(args.config.relative_to(ROOT)) if args.config.is_relative_to(ROOT) else str(args.config),
               "budget": {"steps": args.steps, "global_batch": 2 * args.micro_batch, "workers": 2,

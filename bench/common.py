@@ -46,11 +46,14 @@ def pyplot():
 def finished_rows(done_file: Path, published: Path, report: dict, same: tuple[str, ...], rows_key: str) -> dict:
     """Rows already measured: from this work folder, else from the published results when they were measured under
     the same `same` report fields (a run split over several sessions, whose work folders are gone, resumes from
-    what it committed). A published row keeps the hardware it ran on."""
-    if done_file.exists():
-        return json.loads(done_file.read_text())
+    what it committed). A published row keeps the hardware it ran on. Published results of other settings are
+    never overwritten: that run needs its own --output."""
     if published.exists():
         earlier = json.loads(published.read_text())
-        if all(earlier.get(key) == report[key] for key in same):
+        differ = [key for key in same if earlier.get(key) != report[key]]
+        if differ:
+            raise SystemExit(f"{published} holds results measured with other {', '.join(differ)}; give this run its "
+                             f"own --output")
+        if not done_file.exists():
             return {name: {"hardware": earlier["hardware"]} | row for name, row in earlier[rows_key].items()}
-    return {}
+    return json.loads(done_file.read_text()) if done_file.exists() else {}

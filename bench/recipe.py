@@ -158,11 +158,11 @@ def main() -> int:
     parser.add_argument("--corpus-size", type=int, default=5000, help="judged documents + distractors")
     parser.add_argument("--eval-dtype", default="bf16")
     parser.add_argument("--keep-models", action="store_true", help="keep each experiment's exported model")
-    parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "recipe")
+    parser.add_argument("--work", type=Path, help="default: bench/work/<the output's name>")
     parser.add_argument("--output", type=Path, default=RESULTS / "recipe.json")
     args = parser.parse_args()
     args.data = args.data.resolve()
-    work = args.work.resolve()
+    work = (args.work or ROOT / "bench" / "work" / args.output.stem).resolve()  # one work folder per results file
     work.mkdir(parents=True, exist_ok=True)
     todo = {name: EXPERIMENTS[name] for name in args.experiments}
     todo |= {name: ("ad hoc", sets) for name, *sets in args.custom}
