@@ -42,7 +42,7 @@ def probe(model: Causal2Vec, texts: list[str], instruction: str | None) -> dict:
     dec = batch.decoder
     ctx = model.context_vectors(batch.encoder)
     rows = torch.arange(len(texts))
-    last = dec.attention_mask.sum(1) - 1  # right padding: the EOS position
+    last = dec.attention_mask.sum(1) - 1  # the EOS position (main loads every model with right padding)
 
     def run(ctx_vectors: torch.Tensor):
         return model.decoder(inputs_embeds=model.decoder_inputs(dec, ctx_vectors), attention_mask=dec.attention_mask,
@@ -104,7 +104,9 @@ def main() -> int:
                          query_instruction(TASK))}
     results = []
     for source in args.models:
-        overrides = {} if args.ctx_prefix is None else {"ctx_prefix": args.ctx_prefix}
+        overrides = {"padding_side": "right"}  # BOS at column 0, EOS at the last real token
+        if args.ctx_prefix is not None:
+            overrides["ctx_prefix"] = args.ctx_prefix
         model = Causal2Vec.from_pretrained(source, device="cpu", **overrides).eval()
         if not model.config.use_ctx_token:
             raise SystemExit(f"{source}: this model has no Contextual token to probe")
