@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from common import RESULTS, command, hardware, pyplot
 
-from causal2vec.config import query_instruction
 from causal2vec.model.causal2vec import Causal2Vec
+from causal2vec.train.config import load_config
 
-SAMPLES = Path(__file__).resolve().parents[1] / "platform" / "causal2vec" / "samples"
-TASK = "Given a Debian package synopsis, retrieve its description"  # the samples' task, as training uses it
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "platform" / "causal2vec" / "samples"
 
 
 def mean_offdiagonal_cosine(x: torch.Tensor) -> float:
@@ -44,12 +44,9 @@ def probe(model: Causal2Vec, texts: list[str], instruction: str | None) -> dict:
     rows = torch.arange(len(texts))
     last = dec.attention_mask.sum(1) - 1  # the EOS position (main loads every model with right padding)
 
-    def run(ctx_vectors: torch.Tensor):
-        return model.decoder(inputs_embeds=model.decoder_inputs(dec, ctx_vectors), attention_mask=dec.attention_mask,
-                             position_ids=dec.position_ids, output_attentions=True, output_hidden_states=True,
-                             use_cache=False)
-
-    out = run(ctx)
+    out = model.decoder(inputs_embeds=model.decoder_inputs(dec, ctx), attention_mask=dec.attention_mask,
+                        position_ids=dec.position_ids, output_attentions=True, output_hidden_states=True,
+                        use_cache=False)
     layers = []
     for attention, hidden in zip(out.attentions, out.hidden_states[1:]):
         heads = attention.float().mean(1)  # [rows, query, key]
@@ -64,7 +61,7 @@ def probe(model: Causal2Vec, texts: list[str], instruction: str | None) -> dict:
                        "norm_last_token": round(float(hidden[rows, last].float().norm(dim=-1).mean()), 1)})
     final_ctx = out.last_hidden_state[rows, dec.ctx_index].float()
     final_eos = out.last_hidden_state[rows, last].float()
-    swapped_eos = run(ctx.roll(1, 0)).last_hidden_state[rows, last].float()
+    swapped_eos = model.decoder_hidden_states(dec, ctx.roll(1, 0))[rows, last].float()
     return {"texts": len(texts), "ctx_index": int(dec.ctx_index[0]),
             "ctx_input_norm": round(float(ctx.float().norm(dim=-1).mean()), 2),
             "final_ctx_cosine_between_texts": round(mean_offdiagonal_cosine(final_ctx), 4),
@@ -99,9 +96,9 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=RESULTS / "ctx_probe.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    instruction = load_config(ROOT / "jobs" / "configs" / "smollm2.yaml").data.train[0].instruction  # as trained
     kinds = {"documents": (pq.read_table(SAMPLES / "corpus.parquet").column("text").to_pylist(), None),
-             "queries": (pq.read_table(SAMPLES / "queries.parquet").column("query").to_pylist(),
-                         query_instruction(TASK))}
+             "queries": (pq.read_table(SAMPLES / "queries.parquet").column("query").to_pylist(), instruction)}
     results = []
     for source in args.models:
         overrides = {"padding_side": "right"}  # BOS at column 0, EOS at the last real token
