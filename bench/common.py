@@ -48,12 +48,13 @@ def finished_rows(done_file: Path, published: Path, report: dict, same: tuple[st
     the same `same` report fields (a run split over several sessions, whose work folders are gone, resumes from
     what it committed). A published row keeps the hardware it ran on. Published results of other settings are
     never overwritten: that run needs its own --output."""
-    if published.exists():
-        earlier = json.loads(published.read_text())
-        differ = [key for key in same if earlier.get(key) != report[key]]
-        if differ:
-            raise SystemExit(f"{published} holds results measured with other {', '.join(differ)}; give this run its "
-                             f"own --output")
-        if not done_file.exists():
-            return {name: {"hardware": earlier["hardware"]} | row for name, row in earlier[rows_key].items()}
-    return json.loads(done_file.read_text()) if done_file.exists() else {}
+    earlier = json.loads(published.read_text()) if published.exists() else None
+    differ = [key for key in same if earlier is not None and earlier.get(key) != report[key]]
+    if differ:
+        raise SystemExit(f"{published} holds results measured with other {', '.join(differ)}; give this run its own "
+                         f"--output")
+    if done_file.exists():
+        return json.loads(done_file.read_text())
+    if earlier is None:
+        return {}
+    return {name: {"hardware": earlier["hardware"]} | row for name, row in earlier[rows_key].items()}
