@@ -137,6 +137,7 @@ def test_ray_job_submit_against_a_local_head_node(tmp_path):
             time.sleep(2)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         assert "succeeded" in out.stdout
+        assert "step 6/6  loss" in out.stdout  # the workers' progress lines reach the submitting console
         model = Causal2Vec.from_pretrained(tmp_path / "runs" / "tiny" / "model")
         assert model.encode(TEXTS).shape == (3, model.embedding_dim)
         summary = find_result(out.stdout.splitlines())
@@ -170,3 +171,4 @@ def test_projector_alignment_leaves_the_adapters_alone(ray_session, tmp_path, ti
     assert max(float((projector[k] - before[k]).abs().max()) for k in before) > 1e-3, "the projector trained"
     with pytest.raises(Causal2VecError, match="use_ctx_token=false"):
         _config(tmp_path, "align-bad", "optim.align_steps=2", "model.use_ctx_token=false", "model.pooling=last")
+

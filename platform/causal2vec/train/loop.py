@@ -141,6 +141,8 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
             if dev is not None and config.data.dev.every_steps and state.step % config.data.dev.every_steps == 0:
                 metrics |= _dev_metrics(engine.module, dev, config)
             history.append(metrics)
+            if rank == 0:
+                print(progress_line(metrics, total_steps), flush=True)
             if not last:  # the last step reports once, below, after the export
                 _report(engine, state, metrics, save=save)
         if last:
@@ -203,6 +205,16 @@ def _window_metrics(window: dict, state: TrainState, scheduler, world: int) -> d
                "grad_norm": window["grad_norm"] / max(1, window["steps"])}  # before clipping (max_grad_norm)
     window.update(loss=0.0, n=0, samples=0, tokens=0, grad_norm=0.0, steps=0, t0=time.perf_counter())
     return metrics
+
+
+def progress_line(metrics: dict, total_steps: int) -> str:
+    """One console line per report: Ray forwards it to the driver, so a long run shows where it stands."""
+    line = (f"step {metrics['step']}/{total_steps}  loss {metrics['loss']:.3f}  lr {metrics['lr']:.1e}  "
+            f"grad norm {metrics['grad_norm']:.1f}  {metrics['samples_per_s']:.2f} samples/s  "
+            f"peak {metrics['peak_memory_gb']:.1f} GB")
+    if "dev_ndcg_at_10" in metrics:
+        line += f"  dev nDCG@10 {metrics['dev_ndcg_at_10']:.4f}"
+    return line
 
 
 def _peak_memory_gb() -> float:
