@@ -172,3 +172,20 @@ def test_projector_alignment_leaves_the_adapters_alone(ray_session, tmp_path, ti
     with pytest.raises(Causal2VecError, match="use_ctx_token=false"):
         _config(tmp_path, "align-bad", "optim.align_steps=2", "model.use_ctx_token=false", "model.pooling=last")
 
+
+def test_native_bf16_follows_the_cpu(tmp_path):
+    """`native` (deepspeed.bf16 and the model dtype): bf16 where the CPU has AVX512-BF16 or AMX, fp32 where bf16
+    would be emulated (many times slower than fp32); bf16 on a GPU."""
+    import torch
+
+    from causal2vec.train.optim import cpu_autocast, deepspeed_config
+
+    flags = Path("/proc/cpuinfo").read_text().split()
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    config = _config(tmp_path, "native", "deepspeed.bf16=native")
+    with cpu_autocast(config, use_gpu=False):
+        assert torch.is_autocast_enabled("cpu") == native
+    assert deepspeed_config(config, use_gpu=True)["bf16"]["enabled"]
+    assert Causal2Vec.from_pretrained("tiny", dtype="native").dtype == (torch.bfloat16 if native else torch.float32)
+    with pytest.raises(Causal2VecError, match="auto, native, fp32"):
+        Causal2Vec.from_pretrained("tiny", dtype="bf17")

@@ -23,7 +23,8 @@ from causal2vec.ray_init import job_environment
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="tiny", help="a saved model directory or a preset (tiny, minilm-small, ...)")
     p.add_argument("--device", default="auto", help="auto (cuda if visible, else cpu), cpu, cuda, cuda:1 ...")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), native (bf16 where the "
+                   "hardware has it), fp32, bf16, fp16")
     p.add_argument("--batch-size", type=int, default=32)
 
 
@@ -177,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--table", required=True, help="DIR::TABLE written by embed-corpus")
     search.add_argument("--model", help="a saved model directory or a preset (default: the table's model)")
     search.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    search.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16")
+    search.add_argument("--dtype", default="auto", help="auto, native, fp32, bf16, fp16")
     search.add_argument("-k", type=int, default=10, help="rows to return")
     search.add_argument("--mode", choices=SEARCH_MODES, default="vector",
                         help="vector (ANN), fts (BM25, needs --fts at embed time), hybrid (reciprocal-rank fusion)")

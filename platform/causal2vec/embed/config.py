@@ -63,7 +63,8 @@ class EmbedConfig(Strict):
     text_column: str = Field("text", description="the text column")
     instruction: str | None = Field(None, description="a decoder-side instruction for every document (usually none)")
     device: str = Field("auto", description="auto (cuda if the actor has a GPU, else cpu), cpu, cuda")
-    dtype: str = Field("auto", description="auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16")
+    dtype: str = Field("auto", description="auto (bf16 on GPU, fp32 on CPU), native (bf16 where the "
+                                           "hardware has it), fp32, bf16, fp16")
     stages: Literal["split", "fused"] = Field(
         "split", description="separate encoder / decoder actors, or one fused actor (small models)")
     batch_size: int = Field(256, ge=1, description="rows per actor call (and per Ray Data block)")

@@ -1,4 +1,5 @@
-"""Device and dtype choice: fp32 on CPU by default (exact), bf16 on CUDA; bf16 on CPU when asked for."""
+"""Device and dtype choice: fp32 on CPU by default (exact), bf16 on CUDA; bf16 on CPU when asked for, or `native`:
+bf16 wherever the hardware runs it natively, fp32 where it would be emulated (and slower than fp32)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ log = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
            "fp16": torch.float16, "float16": torch.float16}
-
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device in (None, "auto"):
@@ -30,8 +30,11 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
+    if dtype == "native":
+        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
+        return torch.bfloat16 if native else torch.float32
     if dtype not in _DTYPES:
-        raise Causal2VecError(f"unknown dtype {dtype!r}; use one of auto, fp32, bf16, fp16")
+        raise Causal2VecError(f"unknown dtype {dtype!r}; use one of auto, native, fp32, bf16, fp16")
     resolved = _DTYPES[dtype]
     if resolved == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
         log.warning("this CPU has no native bf16 instructions: bf16 will be emulated and likely slower than fp32")

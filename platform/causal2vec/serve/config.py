@@ -120,7 +120,8 @@ class ServeArgs(Strict):
     served_model_name: str | None = Field(None, description="the `model` clients send (default: the model's "
                                                             "directory or preset name)")
     device: str = Field("auto", description="auto (cuda if a replica has a GPU, else cpu), cpu, cuda")
-    dtype: str = Field("auto", description="auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16")
+    dtype: str = Field("auto", description="auto (bf16 on GPU, fp32 on CPU), native (bf16 where the "
+                                           "hardware has it), fp32, bf16, fp16")
     lancedb_uri: str | None = Field(None, description="/v1/search serves the tables under this LanceDB directory")
     max_items_per_request: int = Field(256, ge=1, description="texts per request")
     max_body_bytes: int = Field(8 * 2**20, ge=1024, description="request body size limit")

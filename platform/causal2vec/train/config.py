@@ -112,8 +112,9 @@ class DeepSpeedSection(Strict):
     offload_optimizer: bool = False
     offload_params: bool = False
     # auto: bf16 on GPU, fp32 on CPU. true on CPU: bf16 autocast (fp32 weights and optimizer; CPUs with native
-    # bf16 run its matmuls several times faster), since DeepSpeed's bf16 mode targets accelerators
-    bf16: Literal["auto", True, False] = "auto"
+    # bf16 run its matmuls several times faster), since DeepSpeed's bf16 mode targets accelerators. native: bf16
+    # on GPU and on CPUs with native bf16 (AVX512-BF16/AMX), fp32 on other CPUs, where bf16 is emulated and slower
+    bf16: Literal["auto", "native", True, False] = "auto"
 
 
 class RaySection(Strict):

@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from causal2vec.model.devices import cpu_has_native_bf16
 from causal2vec.train.config import TrainConfig
 
 
@@ -52,12 +53,14 @@ def group_schedules(config: TrainConfig, total_steps: int, groups: list[dict]) -
 
 def cpu_autocast(config: TrainConfig, use_gpu: bool):
     """bf16 autocast for CPU runs that ask for bf16 (see DeepSpeedSection.bf16); a no-op otherwise."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=not use_gpu and config.deepspeed.bf16 is True)
+    bf16 = config.deepspeed.bf16
+    enabled = not use_gpu and (bf16 is True or (bf16 == "native" and cpu_has_native_bf16()))
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
 
 
 def deepspeed_config(config: TrainConfig, use_gpu: bool) -> dict:
     ds = config.deepspeed
-    bf16 = use_gpu and ds.bf16 in ("auto", True)
+    bf16 = use_gpu and ds.bf16 in ("auto", "native", True)
     zero: dict = {"stage": ds.zero_stage}
     if ds.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu"}
