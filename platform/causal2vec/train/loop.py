@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import resource
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -141,8 +142,8 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
             if dev is not None and config.data.dev.every_steps and state.step % config.data.dev.every_steps == 0:
                 metrics |= _dev_metrics(engine.module, dev, config)
             history.append(metrics)
-            if rank == 0:
-                print(progress_line(metrics, total_steps), flush=True)
+            if rank == 0:  # past Ray Train's print patch, which tees a wrapped stdout: the line would come twice
+                print(progress_line(metrics, total_steps), file=sys.__stdout__, flush=True)
             if not last:  # the last step reports once, below, after the export
                 _report(engine, state, metrics, save=save)
         if last:
