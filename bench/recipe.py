@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, command, finished_rows, hardware, pyplot
+from common import RESULTS, command, eval_dtype, finished_rows, hardware, pyplot
 from train_quality import ROOT, budget_run, debian_task, hard_negative_pairs, one_pass_pairs
 
 from causal2vec.train.config import load_config
@@ -65,6 +65,10 @@ EXPERIMENTS: dict[str, tuple[str, list[str]]] = {
     # sits after its instruction); bench/ctx_probe.py
     "t0.02+ctx-prefix-newline": ("a newline before CTX, so that no text's CTX sits right after BOS",
                                  [ALL, 'model.ctx_prefix="\\n"']),
+    # round 6: the first ~45 steps sit at or above chance while the pre-clip gradient norm runs at 100-3000 (the
+    # 200-step quality run's history; it falls to ~2 once the loss drops): the start is unstable at the peak LR
+    "t0.02+lr-lora-2e-4": ("LoRA at 2e-4 instead of 5e-4", [ALL, "optim.lr_lora=2.0e-4"]),
+    "t0.02+warmup-30": ("30 warm-up steps instead of 10", [ALL, "optim.warmup_steps=30"]),
 }
 
 
@@ -80,6 +84,7 @@ def train(args, name: str, sets: list[str], pairs: Path, work: Path) -> dict:
             "samples_per_s": round(float(np.mean([h["samples_per_s"] for h in steady])), 3),
             "peak_memory_gb": max(h.get("peak_memory_gb", 0) for h in history),
             "loss": [(h["step"], round(h["loss"], 4)) for h in history if "loss" in h],
+            "grad_norm": [(h["step"], round(h["grad_norm"], 1)) for h in history if "grad_norm" in h],
             "export_dir": summary["export_dir"]}
 
 
@@ -156,7 +161,7 @@ def main() -> int:
     parser.add_argument("--micro-batch", type=int, default=16, help="per worker; 2 workers")
     parser.add_argument("--dev-queries", type=int, default=500)
     parser.add_argument("--corpus-size", type=int, default=5000, help="judged documents + distractors")
-    parser.add_argument("--eval-dtype", default="bf16")
+    parser.add_argument("--eval-dtype", default=eval_dtype())
     parser.add_argument("--keep-models", action="store_true", help="keep each experiment's exported model")
     parser.add_argument("--work", type=Path, help="default: bench/work/<the output's name>")
     parser.add_argument("--output", type=Path, default=RESULTS / "recipe.json")
