@@ -20,8 +20,10 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from common import RESULTS, command, eval_dtype, finished_rows, hardware, pyplot
+from common import RESULTS, command, finished_rows, hardware, pyplot
 from train_quality import ROOT, budget_run, debian_task, one_pass_pairs
+
+from causal2vec.model.devices import native_dtype_name
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -76,7 +78,7 @@ def main() -> int:
     parser.add_argument("--micro-batch", type=int, default=16, help="per worker; 2 workers")
     parser.add_argument("--test-queries", type=int, default=1000)
     parser.add_argument("--corpus-size", type=int, default=5000, help="judged documents + distractors")
-    parser.add_argument("--eval-dtype", default=eval_dtype())
+    parser.add_argument("--eval-dtype", default=native_dtype_name())
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="overrides for every variant, e.g. model.gradient_checkpointing=true")

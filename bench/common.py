@@ -28,14 +28,6 @@ def hardware() -> dict:
     return info
 
 
-def eval_dtype() -> str:
-    """The default dtype for scoring: bf16 where this CPU (or a GPU) runs it natively, else fp32, since emulated bf16
-    is many times slower than fp32. Named explicitly, so results say which one they used."""
-    from causal2vec.model.devices import resolve_device, resolve_dtype
-
-    return "bf16" if resolve_dtype("native", resolve_device("auto")) == torch.bfloat16 else "fp32"
-
-
 def command() -> str:
     """The command line that produced a result, as a user would type it."""
     return " ".join(["python", *sys.argv])

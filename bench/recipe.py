@@ -22,9 +22,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, command, eval_dtype, finished_rows, hardware, pyplot
+from common import RESULTS, command, finished_rows, hardware, pyplot
 from train_quality import ROOT, budget_run, debian_task, hard_negative_pairs, one_pass_pairs
 
+from causal2vec.model.devices import native_dtype_name
 from causal2vec.train.config import load_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -161,7 +162,7 @@ def main() -> int:
     parser.add_argument("--micro-batch", type=int, default=16, help="per worker; 2 workers")
     parser.add_argument("--dev-queries", type=int, default=500)
     parser.add_argument("--corpus-size", type=int, default=5000, help="judged documents + distractors")
-    parser.add_argument("--eval-dtype", default=eval_dtype())
+    parser.add_argument("--eval-dtype", default=native_dtype_name())
     parser.add_argument("--keep-models", action="store_true", help="keep each experiment's exported model")
     parser.add_argument("--work", type=Path, help="default: bench/work/<the output's name>")
     parser.add_argument("--output", type=Path, default=RESULTS / "recipe.json")

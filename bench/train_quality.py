@@ -26,9 +26,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from common import RESULTS, command, eval_dtype, hardware, pyplot
+from common import RESULTS, command, hardware, pyplot
 
 from causal2vec.job_result import PREFIX, find_result
+from causal2vec.model.devices import native_dtype_name
 from causal2vec.train.config import load_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -89,7 +90,7 @@ def hard_negative_pairs(data: Path, pairs: Path, num: int, skip: int = 0) -> Pat
     corpus = pq.read_table(data / "corpus.parquet", columns=["source", "text"])
     texts = [t for t, s in zip(corpus["text"].to_pylist(), corpus["source"].to_pylist()) if s not in held_out]
     table = pq.read_table(pairs)
-    miner = load_anchor(minilm_path(), eval_dtype())  # bf16 where native: ~5x faster, and close enough for mining
+    miner = load_anchor(minilm_path(), native_dtype_name())  # bf16 where native: ~5x faster, close enough to mine
     print(f"mining {num} hard negative(s) for {table.num_rows} pairs among {len(texts)} documents", flush=True)
     negatives = mine_hard_negatives(miner, table["query"].to_pylist(), table["positive"].to_pylist(), texts,
                                     num=num, skip=skip, show_progress=True)
@@ -225,7 +226,8 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "train_quality")
     parser.add_argument("--skip-train", action="store_true", help="score the model already exported in --work")
     parser.add_argument("--skip-anchor", action="store_true", help="no same-run sentence-transformers anchor")
-    parser.add_argument("--eval-dtype", default=eval_dtype(), help="dtype for embedding the test corpus (fp32, bf16)")
+    parser.add_argument("--eval-dtype", default=native_dtype_name(),
+                        help="dtype for embedding the test corpus (fp32, bf16)")
     parser.add_argument("--limit-queries", type=int, default=None)
     parser.add_argument("--corpus-size", type=int, default=None,
                         help="judged documents + distractors instead of the whole corpus (a partial, cheaper score)")

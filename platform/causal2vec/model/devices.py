@@ -42,6 +42,11 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return resolved
 
 
+def native_dtype_name(device: str | torch.device | None = "auto") -> str:
+    """What `native` resolves to on `device`, by name ("bf16" or "fp32"), for commands and results that must say it."""
+    return "bf16" if resolve_dtype("native", resolve_device(device)) == torch.bfloat16 else "fp32"
+
+
 def cpu_has_native_bf16() -> bool:
     """True when the CPU runs bf16 matmuls natively (AVX512-BF16 or AMX), where bf16 is several times fp32."""
     try:

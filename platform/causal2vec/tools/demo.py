@@ -85,6 +85,7 @@ def run_demo(output_dir: str | Path = "demo_output", *, tiny: bool = False, trai
     """
     import pyarrow.parquet as pq
 
+    from causal2vec.model.devices import native_dtype_name
     from causal2vec.samples import CORPUS, QUERIES
     from causal2vec.train.config import load_config
 
@@ -92,7 +93,7 @@ def run_demo(output_dir: str | Path = "demo_output", *, tiny: bool = False, trai
     out = Path(output_dir).expanduser().resolve()
     console = Console(write)
     summary: dict[str, Any] = {"output_dir": str(out), "tiny": tiny, "ok": False}
-    dtype = "fp32" if tiny or not _native_bf16() else "bf16"  # bf16 where the CPU has it: ~3x faster here
+    dtype = "fp32" if tiny else native_dtype_name("cpu")  # bf16 where the CPU has it: ~3x faster here
     config = TINY_TRAIN_CONFIG if tiny else DEFAULT_TRAIN_CONFIG
     sets = ([*TINY_OVERRIDES] if tiny else []) + [f"ray.storage_path={out / 'runs'}", f"output_dir={out / 'model'}",
                                                   *(train_overrides or [])]
@@ -209,15 +210,6 @@ def run_demo(output_dir: str | Path = "demo_output", *, tiny: bool = False, trai
                   + ", ".join(f"{k} {v:.0f}s" for k, v in console.timings.items())
                   + f"); everything is under {out}")
     return summary
-
-
-def _native_bf16() -> bool:
-    try:
-        from causal2vec.model.devices import cpu_has_native_bf16
-
-        return cpu_has_native_bf16()
-    except ImportError:
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:
