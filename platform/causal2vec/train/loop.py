@@ -25,7 +25,8 @@ from causal2vec.model.inference import in_input_order
 from causal2vec.train.config import TrainConfig
 from causal2vec.train.data import TrainBatch, collate, epoch_schedule, iterate_epoch
 from causal2vec.train.loss import info_nce
-from causal2vec.train.optim import cpu_autocast, deepspeed_config, group_schedules, parameter_groups
+from causal2vec.train.optim import (cpu_autocast, deepspeed_config, group_schedules, parameter_groups,
+                                    skip_shm_comm_build)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     import deepspeed
     import ray.train
 
+    skip_shm_comm_build()
     config = TrainConfig.model_validate(loop_config["config"])
     sources = loop_config["sources"]  # [{"name", "rows"}], rows after validation
     ctx = ray.train.get_context()

@@ -78,3 +78,13 @@ def deepspeed_config(config: TrainConfig, use_gpu: bool) -> dict:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+def skip_shm_comm_build() -> None:
+    """DeepSpeed JIT-builds its shared-memory all-reduce when its comm backend starts (40-200 s of C++ on 2 cores,
+    and again whenever another ninja version last wrote the shared torch-extensions cache), yet only its
+    inference all-reduce uses it: ZeRO training all-reduces through torch.distributed. Marked unusable, it is not
+    built; DeepSpeed keeps this dict for such edits."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
