@@ -57,6 +57,9 @@ def test_demo_trains_embeds_serves_and_leaves_nothing_behind(tmp_path):
     # training: a checkpoint under the run's storage path, and an exported model that loads
     train = summary["train"]
     assert train["final"]["step"] == 6 and 0 <= train["final"]["dev_ndcg_at_10"] <= 1
+    # `ray job submit` brings rank 0's progress line to the console once (Ray Train's print patch tees stdout)
+    assert (out / "logs" / "train.log").read_text().count("step 6/6  loss") == 1
+    assert console.count("step 6/6  loss") == 1
     checkpoint = Path(train["checkpoint"])
     assert checkpoint.is_dir() and checkpoint.is_relative_to(out / "runs" / "demo") and any(checkpoint.iterdir())
     assert Path(train["export_dir"]) == out / "model"

@@ -14,7 +14,7 @@ from causal2vec.job_result import find_result
 from causal2vec.tools.cluster.nodes import RayNode
 from causal2vec.tools.processes import ProcessError, ray_bin, ray_env
 
-_TRAIN_REPORT = re.compile(r"'step': (\d+).*?'loss': ([0-9.]+).*?'samples_per_s': ([0-9.]+)")
+_PROGRESS = re.compile(r"step \d+/\d+  loss .*")  # rank 0's progress line (causal2vec.train.loop.progress_line)
 _COMMIT = re.compile(r"committed (\d+) rows to")
 
 
@@ -79,13 +79,8 @@ def _quote(arg: str) -> str:
 def train_echo(line: str) -> str | None:
     if line.startswith("data "):
         return line
-    if "Reporting training result" in line and "from rank 0" in line:
-        m = _TRAIN_REPORT.search(line)
-        if m:
-            dev = re.search(r"'dev_ndcg_at_10': ([0-9.]+)", line)
-            return (f"step {int(m[1]):>4}  loss {float(m[2]):.4f}  {float(m[3]):6.1f} samples/s"
-                    + (f"  dev nDCG@10 {float(dev[1]):.4f}" if dev else ""))
-    return None
+    m = _PROGRESS.search(line)
+    return m[0] if m else None
 
 
 def embed_echo() -> Callable[[str], str | None]:
