@@ -1,5 +1,6 @@
 """What the optimiser sees: parameter groups and their learning rates, the per-group schedules, DeepSpeed's config
-and CPU bf16 autocast. The training loop (loop.py) and bench/train_throughput.py's plain loop share them."""
+(and the op it need not build) and CPU bf16 autocast. The training loop (loop.py) and bench/train_throughput.py's
+plain loop share them."""
 
 from __future__ import annotations
 
