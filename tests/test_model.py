@@ -324,6 +324,32 @@ def test_eos_token_picks_the_closing_token_and_must_be_one_token():
         tiny_with_decoder("llama", eos_token="two words")
 
 
+SUMMARY = "\nSummarize the above in one word:"
+
+
+def test_text_suffix_closes_every_row_within_the_limit_and_survives_save(tmp_path):
+    """The suffix takes EOS's place: every row ends with it (cut texts too), the pooled state is its last token's,
+    rows stay within max_decoder_length, and the setting is saved with the model."""
+    model = tiny_with_decoder("llama", text_suffix=SUMMARY)
+    suffix = model.decoder_tokenizer(SUMMARY, add_special_tokens=False)["input_ids"]
+    assert len(suffix) > 1
+    texts = [SHORT, LONG * 10]
+    batch = model.builder(texts, "Instruct: find the package\nQuery: ").decoder
+    assert batch.truncated == [False, True]
+    for row, eos, mask in zip(batch.input_ids.tolist(), batch.eos_index.tolist(), batch.attention_mask.tolist()):
+        assert sum(mask) <= model.config.max_decoder_length and eos == sum(mask) - 1
+        assert row[eos + 1 - len(suffix):eos + 1] == suffix
+    plain = tiny_with_decoder("llama")
+    text_ids = plain.decoder_tokenizer(SHORT, add_special_tokens=False)["input_ids"]
+    assert model.builder.count_decoder_tokens([SHORT]) == [1 + len(text_ids) + len(suffix) + 1]  # BOS, CTX
+    assert plain.builder.count_decoder_tokens([SHORT]) == [1 + len(text_ids) + 1 + 1]
+    assert model.encode(texts).shape == (2, model.embedding_dim)
+    model.save_pretrained(tmp_path / "m")
+    assert Causal2Vec.from_pretrained(tmp_path / "m").config.text_suffix == SUMMARY
+    with pytest.raises(Causal2VecError, match="not both"):
+        tiny_with_decoder("llama", text_suffix=SUMMARY, eos_token="\n")
+
+
 @pytest.mark.parametrize("arch, expected", [
     ("llama", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
     ("bert-causal", {"query", "key", "value", "dense"})])

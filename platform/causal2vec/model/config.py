@@ -57,6 +57,11 @@ class Causal2VecConfig:
     # LLM's end-of-turn token (SmolLM2's <|im_end|>) always predicts the same next token, so its state starts out
     # nearly the same for every text; a plain token such as "\n" may start closer to a summary.
     eos_token: str | None = None
+    # Fixed text closed onto every text instead of the EOS token; `last` / `concat` read its last token. A prompt
+    # that asks for a summary ("\nSummarize the above in one word:") makes that state a summary before any training:
+    # zero-shot SmolLM2 retrieves at 0.40 dev nDCG@10 that way, at chance (0.014) on <|im_end|>, which is why
+    # training on <|im_end|> first sits at the chance loss for 30-60 steps.
+    text_suffix: str | None = None
     max_encoder_length: int = 512
     max_decoder_length: int = 512
     attn_implementation: str = "sdpa"
@@ -76,6 +81,9 @@ class Causal2VecConfig:
         if self.pooling in ("concat", "ctx") and not self.use_ctx_token:
             raise Causal2VecError(f"pooling={self.pooling!r} needs the Contextual token; set use_ctx_token=true "
                                   "or use pooling 'last' / 'mean'")
+        if self.text_suffix is not None and (self.eos_token is not None or not self.text_suffix):
+            raise Causal2VecError("text_suffix replaces the EOS token: set text_suffix (non-empty) or eos_token, "
+                                  "not both")
         if self.max_decoder_length < 4 or self.max_encoder_length < 3:
             raise Causal2VecError("max_decoder_length must be >= 4 and max_encoder_length >= 3")
         if self.format_version > FORMAT_VERSION:

@@ -4,7 +4,8 @@ The decoder layout lives here and nowhere else:
     after_instruction (default): [BOS] [instruction] [ctx_prefix] [CTX] [text] [EOS]
     after_bos:                   [BOS] [ctx_prefix] [CTX] [instruction] [text] [EOS]
     use_ctx_token=False:         [BOS] [instruction] [text] [EOS]
-`ctx_prefix` (config, default none) is fixed text tokenized into the decoder's vocabulary.
+`ctx_prefix` (config, default none) is fixed text tokenized into the decoder's vocabulary; `text_suffix` (config)
+is fixed text that takes EOS's place, and "EOS" below means its last token.
 The encoder sees the text only, never the instruction. CTX is not a vocabulary token: its slot holds the pad id and
 the model splices the projected encoder vector into `inputs_embeds` at `ctx_index`.
 """
@@ -92,6 +93,7 @@ class BatchBuilder:
         self.encoder_pad_id = enc.pad_token_id if enc.pad_token_id is not None else 0
         self._encoder_prefix, self._encoder_suffix = _special_token_template(enc)
         self._prefix_cache: dict[str, list[int]] = {}
+        self.closing = self._text_ids(config.text_suffix) or [self.eos_id]  # what ends every row
 
     # -- public -------------------------------------------------------------------------------------------------
     def __call__(self, texts: Sequence[str], instruction: str | Sequence[str | None] | None = None) -> Batch:
@@ -175,23 +177,23 @@ class BatchBuilder:
         """Tokens each text occupies in the decoder input (layout included, before truncation)."""
         prefix, _ = self._prefix(instruction)
         ids = self.decoder_tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        return [len(prefix) + len(row) + 1 for row in ids]
+        return [len(prefix) + len(row) + len(self.closing) for row in ids]
 
     # -- internals ----------------------------------------------------------------------------------------------
     def _encoder_budget(self) -> int:
         return self.config.max_encoder_length - len(self._encoder_prefix) - len(self._encoder_suffix)
 
     def _decoder_row(self, ids: Sequence[int], instruction: str | None) -> tuple[list[int], int, int, bool]:
-        """One decoder row before padding (prefix + text cut to fit + EOS), its CTX slot (-1 if none), where mean
-        pooling starts, and whether the text was cut."""
+        """One decoder row before padding (prefix + text cut to fit + EOS or suffix), its CTX slot (-1 if none),
+        where mean pooling starts, and whether the text was cut."""
         prefix, ctx = self._prefix(instruction)
-        budget = self.config.max_decoder_length - len(prefix) - 1
+        budget = self.config.max_decoder_length - len(prefix) - len(self.closing)
         if budget < 1:
-            raise Causal2VecError(f"the instruction leaves no room for text within max_decoder_length="
-                                  f"{self.config.max_decoder_length}; shorten the instruction or raise the limit")
+            raise Causal2VecError(f"the instruction and text suffix leave no room for text within "
+                                  f"max_decoder_length={self.config.max_decoder_length}; shorten them or raise it")
         # mean pooling covers CTX (when present) .. EOS, never BOS or the instruction
         pool_from = ctx if ctx >= 0 else len(prefix)
-        return prefix + list(ids[:budget]) + [self.eos_id], ctx, pool_from, len(ids) > budget
+        return prefix + list(ids[:budget]) + self.closing, ctx, pool_from, len(ids) > budget
 
     def _prefix(self, instruction: str | None) -> tuple[list[int], int]:
         """Token ids before the text, and the CTX slot's index in them (-1 if none)."""
@@ -205,7 +207,8 @@ class BatchBuilder:
         return bos + instr + lead + [self.pad_id], len(bos) + len(instr) + len(lead)
 
     def _text_ids(self, text: str | None) -> list[int]:
-        """Token ids of an instruction or the CTX prefix, without special tokens (cached: few distinct ones)."""
+        """Token ids of an instruction, the CTX prefix or the text suffix, without special tokens (cached: few
+        distinct ones)."""
         if not text:
             return []
         if text not in self._prefix_cache:

@@ -38,6 +38,7 @@ class ModelSection(Strict):
     max_encoder_length: int | None = None
     max_decoder_length: int | None = None
     eos_token: str | None = None
+    text_suffix: str | None = None
     ctx_prefix: str | None = None
     lora: LoraSection = Field(default_factory=LoraSection)
     gradient_checkpointing: bool = False
@@ -53,7 +54,8 @@ class ModelSection(Strict):
         return self
 
     def config_overrides(self) -> dict[str, Any]:
-        keys = ("pooling", "use_ctx_token", "max_encoder_length", "max_decoder_length", "eos_token", "ctx_prefix")
+        keys = ("pooling", "use_ctx_token", "max_encoder_length", "max_decoder_length", "eos_token", "text_suffix",
+                "ctx_prefix")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
     def source(self) -> ModelSource:
