@@ -70,6 +70,10 @@ EXPERIMENTS: dict[str, tuple[str, list[str]]] = {
     # 200-step quality run's history; it falls to ~2 once the loss drops): the start is unstable at the peak LR
     "t0.02+lr-lora-2e-4": ("LoRA at 2e-4 instead of 5e-4", [ALL, "optim.lr_lora=2.0e-4"]),
     "t0.02+warmup-30": ("30 warm-up steps instead of 10", [ALL, "optim.warmup_steps=30"]),
+    # round 7: zero-shot, SmolLM2's <|im_end|> state retrieves at chance, but the last state of a prompt asking for
+    # a summary retrieves at 0.40-0.44 dev nDCG@10 (150 queries x 1,000 docs): start training from a summary
+    "t0.02+summary-suffix": ("close texts with \"\\nSummarize the above in one word:\" instead of <|im_end|>",
+                             [ALL, 'model.text_suffix="\\nSummarize the above in one word:"']),
 }
 
 
