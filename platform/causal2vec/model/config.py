@@ -59,7 +59,7 @@ class Causal2VecConfig:
     eos_token: str | None = None
     # Fixed text closed onto every text instead of the EOS token; `last` / `concat` read its last token. A prompt
     # that asks for a summary ("\nSummarize the above in one word:") makes that state a summary before any training:
-    # zero-shot SmolLM2 retrieves at 0.40 dev nDCG@10 that way, at chance (0.014) on <|im_end|>. Training from it
+    # zero-shot SmolLM2 retrieves at 0.44 dev nDCG@10 that way, at chance (0.013) on <|im_end|>. Training from it
     # skips <|im_end|>'s 30-60 steps at the chance loss, yet scored below it after 100 (README, recipe round 7).
     text_suffix: str | None = None
     max_encoder_length: int = 512
