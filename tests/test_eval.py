@@ -149,12 +149,13 @@ def test_eval_job_writes_json(small_task, tmp_path):
     pq.write_table(pq.read_table(QUERIES).slice(0, 20), queries)
     out = subprocess.run([sys.executable, "jobs/eval.py", "--model", "tiny", "--corpus", str(CORPUS),
                           "--queries", str(queries), "--description", DESCRIPTION,
-                          "--output", str(tmp_path / "scores.json")],
+                          "--output", str(tmp_path / "scores.json"), "--cache", str(tmp_path / "cache")],
                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1])
     assert out.returncode == 0, out.stderr
     scores = json.loads((tmp_path / "scores.json").read_text())["results"]["q"]
     assert scores["judged_queries"] == 20 and 0.0 <= scores["ndcg_at_10"] <= 1.0
     assert "ndcg_at_10" in out.stdout
+    assert list((tmp_path / "cache").glob("*/chunk-00000.npy"))  # a rerun would resume from here
 
 
 def test_query_instruction_template():
@@ -170,3 +171,59 @@ def test_corpus_limit_keeps_every_judged_document():
     assert small.corpus_ids == ["d0", "d1", "d7", "d9"]  # judged first, then distractors, in corpus order
     assert small.corpus == ["text 0", "text 1", "text 7", "text 9"]
     assert task.with_corpus_limit(100) is task
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+class DiesAfter:
+    """A real model whose process 'dies' after `calls` encode calls: an evaluation interrupted part way."""
+
+    def __init__(self, model, calls: int):
+        self.model, self.calls, self.dtype = model, calls, model.dtype
+
+    def encode(self, *args, **kwargs):
+        if self.calls == 0:
+            raise Interrupted("interrupted")
+        self.calls -= 1
+        return self.model.encode(*args, **kwargs)
+
+
+def test_an_interrupted_embedding_resumes_from_its_finished_chunks(tiny, small_task, tmp_path):
+    from causal2vec.eval.cache import chunk_folder, encode_resumable
+
+    texts = small_task.corpus  # 400 texts: 4 chunks of 128 (the last one short)
+    with pytest.raises(Interrupted):  # the probe, 2 chunks, then dies in the third
+        encode_resumable(DiesAfter(tiny, 3), texts, tmp_path, chunk_rows=128)
+    folder = chunk_folder(tiny, texts, tmp_path, chunk_rows=128)
+    assert sorted(p.name for p in folder.iterdir()) == ["chunk-00000.npy", "chunk-00001.npy"]
+    resumed = encode_resumable(DiesAfter(tiny, 3), texts, tmp_path, chunk_rows=128)  # probe + the 2 missing chunks
+    np.testing.assert_allclose(resumed, tiny.encode(texts), atol=1e-5)
+    again = encode_resumable(DiesAfter(tiny, 1), texts, tmp_path, chunk_rows=128)  # all cached: only the probe
+    np.testing.assert_array_equal(again, resumed)
+
+
+def test_another_model_or_other_texts_never_read_cached_vectors(tiny, small_task, tmp_path):
+    from conftest import tiny_with_decoder
+
+    from causal2vec.eval.cache import encode_resumable
+
+    texts = small_task.corpus[:50]
+    encode_resumable(tiny, texts, tmp_path, chunk_rows=20)
+    changed = texts[:49] + ["a changed document"]
+    np.testing.assert_allclose(encode_resumable(tiny, changed, tmp_path, chunk_rows=20), tiny.encode(changed),
+                               atol=1e-5)
+    other = tiny_with_decoder("llama")
+    np.testing.assert_allclose(encode_resumable(other, texts, tmp_path, chunk_rows=20), other.encode(texts),
+                               atol=1e-5)
+    assert len(list(tmp_path.iterdir())) == 3  # one subfolder each
+
+
+def test_a_cached_evaluation_scores_as_an_uncached_one(tiny, small_task, tmp_path):
+    plain = evaluate(tiny, small_task)
+    cached = evaluate(tiny, small_task, cache=tmp_path)
+    assert len(list(tmp_path.iterdir())) == 2  # the corpus and the queries
+    for metric in ("ndcg_at_10", "recall_at_10", "recall_at_100", "mrr_at_10"):
+        assert cached[metric] == pytest.approx(plain[metric], abs=1e-6), metric
+    assert evaluate(DiesAfter(tiny, 2), small_task, cache=tmp_path)["ndcg_at_10"] == cached["ndcg_at_10"]

@@ -81,7 +81,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     model = _load(args.model, args)
     results: dict[str, dict] = {}
     if local is not None and args.engine == "local":
-        results[local.name] = evaluate(model, local, batch_size=args.batch_size, show_progress=True)
+        results[local.name] = evaluate(model, local, batch_size=args.batch_size, show_progress=True,
+                                       cache=args.cache)
     if args.tasks or (local is not None and args.engine == "mteb"):
         from causal2vec.eval.mteb_model import evaluate_tasks
 
@@ -203,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--engine", choices=["local", "mteb"], default="local",
                     help="score local tasks with the fast local evaluator or through mteb (same numbers)")
     ev.add_argument("--output", help="write the scores as JSON here")
+    ev.add_argument("--cache", help="a folder for the local task's embeddings, written chunk by chunk: rerun the "
+                                    "same command to resume an interrupted evaluation (any model, any task)")
     ev.set_defaults(func=_cmd_eval)
 
     mine = sub.add_parser("mine-negatives", help="add a `negatives` column of mined hard negatives to a pairs file")

@@ -18,6 +18,7 @@ import pyarrow as pa
 import torch
 
 from causal2vec.config import E5_TEMPLATE, query_instruction
+from causal2vec.eval.cache import encode_resumable
 from causal2vec.errors import Causal2VecError
 from causal2vec.readers import read_table, text_problem
 
@@ -189,17 +190,26 @@ def ranking_metrics(ranked: Sequence[Sequence[str]], query_ids: Sequence[str], q
 
 
 def evaluate(model, task: RetrievalTask, *, instruction: str | None = None, batch_size: int = 64,
-             k: int = 100, show_progress: bool = False) -> dict[str, float]:
+             k: int = 100, show_progress: bool = False, cache: str | Path | None = None) -> dict[str, float]:
     """Embed the task with `model` (anything with Causal2Vec's `encode`) and score exact top-k retrieval.
 
     `instruction` defaults to the E5-style prefix built from `task.description`; documents get no instruction.
+    `cache`: a folder the embeddings are written to chunk by chunk, so a rerun resumes an interrupted evaluation
+    (eval/cache.py: one subfolder per model, dtype and texts).
     """
     if instruction is None:
         instruction = query_instruction(task.description)
+
+    def embed(texts: list[str], prefix: str | None) -> np.ndarray:
+        if cache is None:
+            return model.encode(texts, instruction=prefix, batch_size=batch_size, show_progress=show_progress)
+        return encode_resumable(model, texts, cache, instruction=prefix, batch_size=batch_size,
+                                show_progress=show_progress)
+
     t0 = time.perf_counter()
-    doc_vecs = model.encode(task.corpus, batch_size=batch_size, show_progress=show_progress)
+    doc_vecs = embed(task.corpus, None)
     t1 = time.perf_counter()
-    query_vecs = model.encode(task.queries, instruction=instruction, batch_size=batch_size, show_progress=show_progress)
+    query_vecs = embed(task.queries, instruction)
     t2 = time.perf_counter()
     metrics = score_embeddings(task, query_vecs, doc_vecs, k)
     metrics |= {"corpus_size": len(task.corpus), "queries": len(task.queries),
