@@ -22,6 +22,10 @@ class Anchor:
     def __init__(self, model):
         self.model = model
 
+    @property
+    def dtype(self):
+        return self.model.dtype
+
     def encode(self, texts, instruction=None, *, batch_size: int = 64, show_progress: bool = False,
                normalize: bool | None = None) -> np.ndarray:
         vectors = self.model.encode(list(texts), batch_size=batch_size, show_progress_bar=show_progress,

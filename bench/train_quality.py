@@ -157,15 +157,17 @@ def test_task(args):
     return debian_task(args.data, "test", args.limit_queries, args.corpus_size)
 
 
-def score(args, model) -> dict:
-    """Test metrics of a model directory (loaded in --eval-dtype) or of a loaded model; timed."""
+def score(args, model, cache: Path) -> dict:
+    """Test metrics of a model directory (loaded in --eval-dtype) or of a loaded model; timed. Embeddings go
+    through `cache` chunk by chunk (one subfolder per model), so an interrupted scoring (hours on a CPU) resumes
+    when rerun."""
     from causal2vec import Causal2Vec
     from causal2vec.eval.retrieval import evaluate
 
     if isinstance(model, Path):
         model = Causal2Vec.from_pretrained(str(model), dtype=args.eval_dtype)
     started = time.perf_counter()
-    metrics = evaluate(model, test_task(args), batch_size=64, show_progress=True)
+    metrics = evaluate(model, test_task(args), batch_size=64, show_progress=True, cache=cache)
     return metrics | {"eval_s": round(time.perf_counter() - started, 1)}
 
 
@@ -185,7 +187,7 @@ def anchor(args, work: Path, pairs: Path, report: dict) -> dict:
                            batch_size=o.micro_batch_size * config.ray.num_workers * o.grad_accumulation,
                            max_length=config.model.max_encoder_length or 128, negatives=negatives)
         saved.write_text(json.dumps(row, indent=1))
-    row["test"] = score(args, load_anchor(row["model_dir"], args.eval_dtype))
+    row["test"] = score(args, load_anchor(row["model_dir"], args.eval_dtype), work / "eval_cache")
     return row
 
 
@@ -244,7 +246,7 @@ def main() -> int:
     if negatives:  # mined once; the anchor trains on the same negatives
         pairs = hard_negative_pairs(args.data, pairs, negatives)
     report = (json.loads((work / "train_report.json").read_text()) if args.skip_train else train(args, work, pairs))
-    test = score(args, Path(report["export_dir"]))
+    test = score(args, Path(report["export_dir"]), work / "eval_cache")
     anchor_row = None if args.skip_anchor else anchor(args, work, pairs, report)
     history = report["history"]
     final = report["final"]
