@@ -114,20 +114,12 @@ def score(args, model) -> dict:
     """dev metrics of a model directory (loaded in --eval-dtype) or of a loaded model. For a concat model, also each
     half on its own (`ctx`: h_ctx alone, `eos`: h_eos alone): which half carries the retrieval signal."""
     from causal2vec import Causal2Vec
-    from causal2vec.eval.retrieval import evaluate, query_instruction, score_embeddings
+    from causal2vec.eval.retrieval import evaluate
 
-    task = debian_task(args.data, "dev", args.dev_queries, args.corpus_size)
     if isinstance(model, str):
         model = Causal2Vec.from_pretrained(model, dtype=args.eval_dtype)
-    if getattr(model, "config", None) is None or model.config.pooling != "concat":
-        return evaluate(model, task, batch_size=64)
-    docs = model.encode(task.corpus, batch_size=64, normalize=False)
-    queries = model.encode(task.queries, query_instruction(task.description), batch_size=64, normalize=False)
-    h = model.hidden_size
-    return score_embeddings(task, queries, docs) | {
-        "queries": len(task.queries), "corpus_size": len(task.corpus),
-        "halves_ndcg_at_10": {"ctx": score_embeddings(task, queries[:, :h], docs[:, :h])["ndcg_at_10"],
-                              "eos": score_embeddings(task, queries[:, h:], docs[:, h:])["ndcg_at_10"]}}
+    return evaluate(model, debian_task(args.data, "dev", args.dev_queries, args.corpus_size), batch_size=64,
+                    halves=True)
 
 
 def plot(rows: dict, path: Path) -> None:

@@ -158,16 +158,16 @@ def test_task(args):
 
 
 def score(args, model, cache: Path) -> dict:
-    """Test metrics of a model directory (loaded in --eval-dtype) or of a loaded model; timed. Embeddings go
-    through `cache` chunk by chunk (one subfolder per model), so an interrupted scoring (hours on a CPU) resumes
-    when rerun."""
+    """Test metrics of a model directory (loaded in --eval-dtype) or of a loaded model, with each half of a concat
+    embedding alone; timed. Embeddings go through `cache` chunk by chunk (one subfolder per model), so an
+    interrupted scoring (hours on a CPU) resumes when rerun."""
     from causal2vec import Causal2Vec
     from causal2vec.eval.retrieval import evaluate
 
     if isinstance(model, Path):
         model = Causal2Vec.from_pretrained(str(model), dtype=args.eval_dtype)
     started = time.perf_counter()
-    metrics = evaluate(model, test_task(args), batch_size=64, show_progress=True, cache=cache)
+    metrics = evaluate(model, test_task(args), batch_size=64, show_progress=True, cache=cache, halves=True)
     return metrics | {"eval_s": round(time.perf_counter() - started, 1)}
 
 
@@ -277,6 +277,9 @@ def main() -> int:
     plot(history, test, anchor_row and anchor_row["test"], baselines, label, args.output.with_suffix(".png"))
     print(f"\ntest nDCG@10 {test['ndcg_at_10']:.4f}  Recall@10 {test['recall_at_10']:.4f}  "
           f"Recall@100 {test['recall_at_100']:.4f}  MRR@10 {test['mrr_at_10']:.4f}")
+    if "halves_ndcg_at_10" in test:
+        print("  each half alone: nDCG@10 " + "  ".join(f"{half.upper()} {value:.4f}"
+                                                       for half, value in test["halves_ndcg_at_10"].items()))
     if anchor_row:
         a = anchor_row["test"]
         print(f"  vs anchor (MiniLM alone, {anchor_row['pairs']} pairs): nDCG@10 {a['ndcg_at_10']:.4f}  "

@@ -227,3 +227,17 @@ def test_a_cached_evaluation_scores_as_an_uncached_one(tiny, small_task, tmp_pat
     for metric in ("ndcg_at_10", "recall_at_10", "recall_at_100", "mrr_at_10"):
         assert cached[metric] == pytest.approx(plain[metric], abs=1e-6), metric
     assert evaluate(DiesAfter(tiny, 2), small_task, cache=tmp_path)["ndcg_at_10"] == cached["ndcg_at_10"]
+
+
+def test_each_half_of_a_concat_embedding_scores_as_that_state_alone(tiny, small_task):
+    from causal2vec.eval.retrieval import score_embeddings
+
+    assert "halves_ndcg_at_10" not in evaluate(tiny, small_task)
+    halves = evaluate(tiny, small_task, halves=True)["halves_ndcg_at_10"]
+    docs = tiny.encode(small_task.corpus, normalize=False)  # raw [h_ctx ; h_eos], never normalised as a whole
+    queries = tiny.encode(small_task.queries, query_instruction(DESCRIPTION), normalize=False)
+    h = tiny.hidden_size
+    for name, part in (("ctx", slice(None, h)), ("eos", slice(h, None))):
+        alone = score_embeddings(small_task, queries[:, part], docs[:, part])["ndcg_at_10"]
+        assert halves[name] == pytest.approx(alone, abs=1e-6), name
+    assert halves["ctx"] != halves["eos"]

@@ -190,12 +190,14 @@ def ranking_metrics(ranked: Sequence[Sequence[str]], query_ids: Sequence[str], q
 
 
 def evaluate(model, task: RetrievalTask, *, instruction: str | None = None, batch_size: int = 64,
-             k: int = 100, show_progress: bool = False, cache: str | Path | None = None) -> dict[str, float]:
+             k: int = 100, show_progress: bool = False, cache: str | Path | None = None,
+             halves: bool = False) -> dict:
     """Embed the task with `model` (anything with Causal2Vec's `encode`) and score exact top-k retrieval.
 
     `instruction` defaults to the E5-style prefix built from `task.description`; documents get no instruction.
     `cache`: a folder the embeddings are written to chunk by chunk, so a rerun resumes an interrupted evaluation
-    (eval/cache.py: one subfolder per model, dtype and texts).
+    (eval/cache.py: one subfolder per model, dtype and texts). `halves`: for a `concat` model, also
+    `halves_ndcg_at_10`, each half scored alone (`concat_halves`), from the same embeddings.
     """
     if instruction is None:
         instruction = query_instruction(task.description)
@@ -215,6 +217,8 @@ def evaluate(model, task: RetrievalTask, *, instruction: str | None = None, batc
     metrics |= {"corpus_size": len(task.corpus), "queries": len(task.queries),
                 "embed_corpus_s": round(t1 - t0, 3), "embed_queries_s": round(t2 - t1, 3),
                 "search_s": round(time.perf_counter() - t2, 3)}
+    if halves and getattr(getattr(model, "config", None), "pooling", None) == "concat":
+        metrics["halves_ndcg_at_10"] = concat_halves(task, query_vecs, doc_vecs, k)
     log.info("%s: nDCG@10 %.4f, Recall@10 %.4f", task.name, metrics["ndcg_at_10"], metrics["recall_at_10"])
     return metrics
 
@@ -224,6 +228,14 @@ def score_embeddings(task: RetrievalTask, query_vecs: np.ndarray, doc_vecs: np.n
     _, index = exact_top_k(_normalise(query_vecs), _normalise(doc_vecs), k)
     ranked = [[task.corpus_ids[j] for j in row] for row in index]
     return ranking_metrics(ranked, task.query_ids, task.qrels, ks=sorted({1, 10, k}))
+
+
+def concat_halves(task: RetrievalTask, query_vecs: np.ndarray, doc_vecs: np.ndarray, k: int = 100) -> dict:
+    """nDCG@10 of each half of concatenated `[h_ctx ; h_eos]` embeddings on its own: which half carries the
+    retrieval signal. Scoring renormalises, so halves of normalised vectors score exactly as the raw states would."""
+    h = query_vecs.shape[1] // 2
+    return {name: score_embeddings(task, query_vecs[:, part], doc_vecs[:, part], k)["ndcg_at_10"]
+            for name, part in (("ctx", slice(None, h)), ("eos", slice(h, None)))}
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
