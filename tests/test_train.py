@@ -143,3 +143,10 @@ def test_native_bf16_follows_the_cpu(tmp_path):
     assert Causal2Vec.from_pretrained("tiny", dtype="native").dtype == (torch.bfloat16 if native else torch.float32)
     with pytest.raises(Causal2VecError, match="auto, native, fp32"):
         Causal2Vec.from_pretrained("tiny", dtype="bf17")
+
+
+def test_every_model_setting_of_the_training_config_reaches_the_model(tmp_path):
+    config = _config(tmp_path, "x", "model.ctx_placement=after_bos", 'model.ctx_prefix="\\n"', "model.pooling=last")
+    assert config.model.source().overrides == {"pooling": "last", "ctx_placement": "after_bos", "ctx_prefix": "\n"}
+    with pytest.raises(Causal2VecError, match="model.ctx_placement: Input should be 'after_instruction' or"):
+        _config(tmp_path, "x", "model.ctx_placement=first")

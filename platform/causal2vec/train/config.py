@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from causal2vec.config import Pooling, Strict, absolute, absolute_if_exists, load
-from causal2vec.model.config import LoraSettings
+from causal2vec.model.config import Causal2VecConfig, CtxPlacement, LoraSettings
 from causal2vec.model.sources import ModelSource
 
 
@@ -40,6 +41,7 @@ class ModelSection(Strict):
     eos_token: str | None = None
     text_suffix: str | None = None
     ctx_prefix: str | None = None
+    ctx_placement: CtxPlacement | None = None
     lora: LoraSection = Field(default_factory=LoraSection)
     gradient_checkpointing: bool = False
 
@@ -54,9 +56,10 @@ class ModelSection(Strict):
         return self
 
     def config_overrides(self) -> dict[str, Any]:
-        keys = ("pooling", "use_ctx_token", "max_encoder_length", "max_decoder_length", "eos_token", "text_suffix",
-                "ctx_prefix")
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        """The model settings this section sets: each of its fields that the model's own config has (but the
+        sources, and LoRA, which the loop applies), so a setting added here reaches the model without a list."""
+        settable = {f.name for f in fields(Causal2VecConfig)} - {"encoder", "decoder", "lora"}
+        return {k: getattr(self, k) for k in type(self).model_fields if k in settable and getattr(self, k) is not None}
 
     def source(self) -> ModelSource:
         """The model a run starts from (LoRA and checkpointing are the loop's business)."""
