@@ -79,6 +79,11 @@ EXPERIMENTS: dict[str, tuple[str, list[str]]] = {
     # only on the q/v recipe, where nothing learned). Measured: 0.1480, near the chance loss for 50 steps (README)
     "t0.02+projector-lr-5e-4": ("the projector at the LoRA rate, 5e-4, instead of the encoder's 5e-5",
                                 [ALL, "optim.lr_projector=5.0e-4"]),
+    # round 9: a query's CTX sits after its instruction (an ordinary token), a document's right after BOS (a sink):
+    # the CTX half compares two different states. CTX first, after a newline, puts both at position 2 behind the
+    # same two tokens, so the CTX half is one function of the encoder's vector for queries and documents alike
+    "t0.02+ctx-first-newline": ("CTX before the instruction, after a newline: every text's CTX at position 2",
+                                [ALL, "model.ctx_placement=after_bos", 'model.ctx_prefix="\\n"']),
 }
 
 
