@@ -150,3 +150,12 @@ def test_every_model_setting_of_the_training_config_reaches_the_model(tmp_path):
     assert config.model.source().overrides == {"pooling": "last", "ctx_placement": "after_bos", "ctx_prefix": "\n"}
     with pytest.raises(Causal2VecError, match="model.ctx_placement: Input should be 'after_instruction' or"):
         _config(tmp_path, "x", "model.ctx_placement=first")
+
+
+def test_the_halves_loss_needs_a_concat_model(tmp_path):
+    from causal2vec.train.loop import build_model
+
+    with pytest.raises(ValueError, match="halves_loss_weight .* pools 'last'"):
+        build_model(_config(tmp_path, "x", "optim.halves_loss_weight=0.5", "model.pooling=last"))
+    with pytest.raises(Causal2VecError, match="optim.halves_loss_weight: Input should be greater than or equal"):
+        _config(tmp_path, "x", "optim.halves_loss_weight=-1")

@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from causal2vec.tools.processes import free_port
-from causal2vec.train.loss import info_nce
+from causal2vec.train.loss import embedding_loss, info_nce
 
 B, H = 3, 2  # per-worker batch, hard negatives per query
 QUERIES = [f"query number {i} about packages" for i in range(2 * B)]
@@ -74,3 +74,15 @@ def test_without_the_gather_two_workers_differ():
     single_loss, _ = _loss_and_grads(_model(), range(2 * B), gather=False)
     half_losses = [_loss_and_grads(_model(), range(r * B, (r + 1) * B), gather=False)[0] for r in range(2)]
     assert abs(float(sum(half_losses) / 2) - float(single_loss)) > 1e-3
+
+
+def test_the_halves_loss_adds_each_half_of_a_concat_embedding_scored_alone():
+    torch.manual_seed(0)
+    q, p, n = (torch.randn(k, 8, requires_grad=True) for k in (4, 4, 8))
+    plain = info_nce(q, p, n, temperature=0.05, gather=False)
+    ctx = info_nce(q[:, :4], p[:, :4], n[:, :4], temperature=0.05, gather=False)
+    eos = info_nce(q[:, 4:], p[:, 4:], n[:, 4:], temperature=0.05, gather=False)
+    both = embedding_loss(q, p, n, temperature=0.05, gather=False, halves_weight=0.5)
+    torch.testing.assert_close(both, plain + 0.5 * (ctx + eos))
+    torch.testing.assert_close(embedding_loss(q, p, None, temperature=0.05, gather=False),
+                               info_nce(q, p, None, temperature=0.05, gather=False))

@@ -110,6 +110,8 @@ class OptimSection(Strict):
     grad_accumulation: int = 1
     temperature: float = 0.05
     symmetric: bool = False
+    # concat models only: each half of [h_ctx ; h_eos] is also trained to retrieve alone, at this weight (loss.py)
+    halves_loss_weight: float = Field(0.0, ge=0.0)
 
 
 class DeepSpeedSection(Strict):

@@ -24,7 +24,7 @@ from causal2vec.model.causal2vec import load_model
 from causal2vec.model.inference import in_input_order
 from causal2vec.train.config import TrainConfig
 from causal2vec.train.data import TrainBatch, collate, epoch_schedule, iterate_epoch
-from causal2vec.train.loss import info_nce
+from causal2vec.train.loss import embedding_loss
 from causal2vec.train.optim import (cpu_autocast, deepspeed_config, group_schedules, parameter_groups,
                                     skip_shm_comm_build)
 
@@ -50,6 +50,9 @@ def build_model(config: TrainConfig):
     """The model a run starts from, identical on every rank (presets are seeded, saved dirs are files)."""
     m = config.model
     model = load_model(m.source(), device="cpu", dtype="fp32")
+    if config.optim.halves_loss_weight and model.config.pooling != "concat":
+        raise ValueError(f"optim.halves_loss_weight trains the halves of a concat embedding; this model pools "
+                         f"'{model.config.pooling}'")
     if m.lora.enabled and not model.has_lora:
         model.enable_lora(m.lora.settings())
     if m.gradient_checkpointing:
@@ -123,7 +126,8 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
             embeddings = embed_passes(engine, batch, device)
         b = batch.queries
         q, p, n = embeddings[:b], embeddings[b:2 * b], embeddings[2 * b:]
-        loss = info_nce(q, p, n, temperature=config.optim.temperature, symmetric=config.optim.symmetric)
+        loss = embedding_loss(q, p, n, temperature=config.optim.temperature, symmetric=config.optim.symmetric,
+                              halves_weight=config.optim.halves_loss_weight)
         engine.backward(loss)
         engine.step()
         state.position = position + 1

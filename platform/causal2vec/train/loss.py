@@ -67,3 +67,20 @@ def info_nce(queries: torch.Tensor, positives: torch.Tensor, negatives: torch.Te
         all_q = gather_with_grad(q) if gather else q
         loss = (loss + F.cross_entropy(p @ all_q.T / temperature, labels)) / 2
     return loss
+
+
+def embedding_loss(queries: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None = None, *,
+                   halves_weight: float = 0.0, **kwargs) -> torch.Tensor:
+    """InfoNCE on the embeddings, plus `halves_weight` x InfoNCE on each half of a concat `[h_ctx ; h_eos]` alone.
+
+    Trained on the concatenation only, one half can carry the whole score while the other stays near-constant (it
+    shifts every candidate's score alike): SmolLM2 leaves the CTX half at chance with CTX after the instruction,
+    and the EOS half with CTX first (README, recipe round 9). The per-half terms make each half retrieve on its own.
+    """
+    loss = info_nce(queries, positives, negatives, **kwargs)
+    if halves_weight:
+        d = queries.shape[-1] // 2
+        for half in (slice(None, d), slice(d, None)):
+            neg = None if negatives is None else negatives[:, half]
+            loss = loss + halves_weight * info_nce(queries[:, half], positives[:, half], neg, **kwargs)
+    return loss
