@@ -84,6 +84,11 @@ EXPERIMENTS: dict[str, tuple[str, list[str]]] = {
     # same two tokens, so the CTX half is one function of the encoder's vector for queries and documents alike
     "t0.02+ctx-first-newline": ("CTX before the instruction, after a newline: every text's CTX at position 2",
                                 [ALL, "model.ctx_placement=after_bos", 'model.ctx_prefix="\\n"']),
+    # round 10: round 9's CTX half scored 0.611 alone and its EOS half 0.003: trained on the concatenation only,
+    # whichever half learns first carries the score and the other stays near-constant. Train each half alone too
+    "ctx-first+halves-loss": ("round 9's layout + InfoNCE on each half alone at weight 0.5 (optim.halves_loss_weight)",
+                              [ALL, "model.ctx_placement=after_bos", 'model.ctx_prefix="\\n"',
+                               "optim.halves_loss_weight=0.5"]),
 }
 
 
