@@ -1,4 +1,5 @@
-"""Cross-worker negatives are exact: 2 workers x batch b == 1 worker x batch 2b, hard negatives included."""
+"""Cross-worker negatives are exact: 2 workers x batch b == 1 worker x batch 2b, hard negatives included; the
+halves loss of a concat embedding."""
 
 from __future__ import annotations
 
