@@ -4,8 +4,8 @@ DeepSpeed clips the *global* gradient norm (optim.max_grad_norm), so a part whos
 the scale every other part is updated at. One process, fp32, the first micro-batches of the bundled pairs, each
 layout given as training-config overrides:
 
-    python bench/grad_share.py --layout reference= --layout ctx-first-newline=model.ctx_placement=after_bos,\
-model.ctx_prefix="\\n" --layout no-ctx=model.use_ctx_token=false,model.pooling=last
+    python bench/grad_share.py --layout reference= --layout 'ctx-first-newline=model.ctx_placement=after_bos,\
+model.ctx_prefix="\\n"' --layout 'no-ctx-token=model.use_ctx_token=false,model.pooling=last'
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def measure(config_path: Path, overrides: list[str], batches: int, batch_size: i
     from causal2vec.train.config import load_config
     from causal2vec.train.data import TokenizePairs, collate
     from causal2vec.train.loop import build_model, embed_passes
-    from causal2vec.train.loss import embedding_loss
+    from causal2vec.train.loss import batch_loss
 
     config = load_config(config_path, ["data.dev=null", "model.gradient_checkpointing=true", *overrides])
     torch.manual_seed(config.data.seed)
@@ -48,10 +48,7 @@ def measure(config_path: Path, overrides: list[str], batches: int, batch_size: i
     out = []
     for i in range(batches):
         batch = collate(model.builder, rows.slice(i * batch_size, batch_size), config.optim.rows_per_pass)
-        b = batch.queries
-        e = embed_passes(model, batch, "cpu")
-        loss = embedding_loss(e[:b], e[b:2 * b], e[2 * b:], temperature=config.optim.temperature, gather=False,
-                              halves_weight=config.optim.halves_loss_weight)
+        loss = batch_loss(embed_passes(model, batch, "cpu"), batch.queries, config.optim, gather=False)
         loss.backward()
         squares: dict[str, float] = {}
         for name, p in model.named_parameters():

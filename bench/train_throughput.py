@@ -56,7 +56,7 @@ def plain_run(args, threads: int) -> dict:
     from causal2vec.train.data import TokenizePairs, collate
     from causal2vec.train.loop import build_model, embed_passes
     from causal2vec.train.optim import cpu_autocast, lr_lambda, parameter_groups
-    from causal2vec.train.loss import embedding_loss
+    from causal2vec.train.loss import batch_loss
 
     torch.set_num_threads(threads)
     config = config_for(args, "plain", 1, threads)
@@ -73,8 +73,7 @@ def plain_run(args, threads: int) -> dict:
         b = batch.queries
         with cpu_autocast(config, use_gpu=False):
             embeddings = embed_passes(model, batch, "cpu")
-        loss = embedding_loss(embeddings[:b], embeddings[b:2 * b], embeddings[2 * b:],
-                              temperature=config.optim.temperature, halves_weight=config.optim.halves_loss_weight)
+        loss = batch_loss(embeddings, b, config.optim, gather=False)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
         optimizer.step()

@@ -24,7 +24,7 @@ from causal2vec.model.causal2vec import load_model
 from causal2vec.model.inference import in_input_order
 from causal2vec.train.config import TrainConfig
 from causal2vec.train.data import TrainBatch, collate, epoch_schedule, iterate_epoch
-from causal2vec.train.loss import embedding_loss
+from causal2vec.train.loss import batch_loss
 from causal2vec.train.optim import (cpu_autocast, deepspeed_config, group_schedules, parameter_groups,
                                     skip_shm_comm_build)
 
@@ -125,9 +125,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         with cpu_autocast(config, config.ray.use_gpu):
             embeddings = embed_passes(engine, batch, device)
         b = batch.queries
-        q, p, n = embeddings[:b], embeddings[b:2 * b], embeddings[2 * b:]
-        loss = embedding_loss(q, p, n, temperature=config.optim.temperature, symmetric=config.optim.symmetric,
-                              halves_weight=config.optim.halves_loss_weight)
+        loss = batch_loss(embeddings, b, config.optim)
         engine.backward(loss)
         engine.step()
         state.position = position + 1

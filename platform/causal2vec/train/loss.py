@@ -84,3 +84,11 @@ def embedding_loss(queries: torch.Tensor, positives: torch.Tensor, negatives: to
             neg = None if negatives is None else negatives[:, half]
             loss = loss + halves_weight * info_nce(queries[:, half], positives[:, half], neg, **kwargs)
     return loss
+
+
+def batch_loss(embeddings: torch.Tensor, queries: int, optim, *, gather: bool = True) -> torch.Tensor:
+    """The training loss of one micro-batch's embeddings (queries, then positives, then hard negatives) under the
+    config's `optim` section: the one place the Ray loop and the single-process benches take it from."""
+    b = queries
+    return embedding_loss(embeddings[:b], embeddings[b:2 * b], embeddings[2 * b:], temperature=optim.temperature,
+                          symmetric=optim.symmetric, halves_weight=optim.halves_loss_weight, gather=gather)
