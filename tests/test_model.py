@@ -111,6 +111,21 @@ def test_ctx_prefix_sits_right_before_ctx_and_survives_save(tiny, tmp_path, plac
     assert Causal2Vec.from_pretrained(tmp_path / "again").config.ctx_prefix == "\n"
 
 
+def test_ctx_scale_multiplies_the_spliced_ctx_vector_and_survives_save(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path / "m")
+    scaled = Causal2Vec.from_pretrained(tmp_path / "m", ctx_scale=250.0)
+    batch = scaled.builder([SHORT, LONG])
+    with torch.no_grad():
+        ctx = scaled.context_vectors(batch.encoder)
+        spliced = scaled.decoder_inputs(batch.decoder, ctx)[torch.arange(2), batch.decoder.ctx_index]
+    torch.testing.assert_close(spliced, 250.0 * ctx)
+    assert not np.allclose(scaled.encode([SHORT]), tiny.encode([SHORT]), atol=1e-3)
+    scaled.save_pretrained(tmp_path / "again")
+    assert Causal2Vec.from_pretrained(tmp_path / "again").config.ctx_scale == 250.0
+    with pytest.raises(Causal2VecError, match="ctx_scale must be > 0"):
+        Causal2Vec.from_pretrained(tmp_path / "m", ctx_scale=0)
+
+
 def test_instruction_reaches_the_decoder_only(tiny):
     plain, instructed = tiny.builder([SHORT]), tiny.builder([SHORT], "Represent the query: ")
     assert torch.equal(plain.encoder.input_ids, instructed.encoder.input_ids)

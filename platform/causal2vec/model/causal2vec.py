@@ -136,7 +136,8 @@ class Causal2Vec(nn.Module):
         return self.context_encoder(batch.input_ids, batch.attention_mask).to(self.dtype)
 
     def decoder_inputs(self, batch: DecoderBatch, ctx: torch.Tensor | None) -> torch.Tensor:
-        """The decoder's input embeddings over the full layout, with CTX spliced in at `ctx_index`."""
+        """The decoder's input embeddings over the full layout, with CTX (times `ctx_scale`) spliced in at
+        `ctx_index`."""
         if self.decoder is None:
             raise Causal2VecError("this model holds only its encoder part; load it with part='decoder' or whole")
         embeds = self.decoder.get_input_embeddings()(batch.input_ids)
@@ -144,7 +145,7 @@ class Causal2Vec(nn.Module):
             if ctx is None:
                 raise Causal2VecError("this model needs CTX vectors for the decoder stage")
             rows = torch.arange(embeds.shape[0], device=embeds.device)
-            embeds = embeds.index_put((rows, batch.ctx_index), ctx.to(embeds.dtype))
+            embeds = embeds.index_put((rows, batch.ctx_index), (ctx * self.config.ctx_scale).to(embeds.dtype))
         return embeds
 
     def decoder_hidden_states(self, batch: DecoderBatch, ctx: torch.Tensor | None) -> torch.Tensor:

@@ -42,6 +42,7 @@ class ModelSection(Strict):
     text_suffix: str | None = None
     ctx_prefix: str | None = None
     ctx_placement: CtxPlacement | None = None
+    ctx_scale: float | None = Field(None, gt=0)
     lora: LoraSection = Field(default_factory=LoraSection)
     gradient_checkpointing: bool = False
 
