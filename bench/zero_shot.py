@@ -1,12 +1,15 @@
-"""Zero-shot: which closing of the text makes an untrained LLM's last state a summary?
+"""Zero-shot: what does an untrained model's embedding carry, half by half, under each layout variant?
 
-A Causal2Vec model reads the state of the token that closes each text. Before training, SmolLM2's end-of-turn token
-<|im_end|> always predicts the same next token, so its state is nearly the same for every text; a prompt that asks
-for a summary may make the same position carry one. Each closing is scored on dev queries against their documents
-plus distractors, as the concatenation and as each half alone (the CTX half comes from a fresh projector here, so
-it is expected at chance). Writes bench/results/zero_shot.{json,png}.
+A Causal2Vec model reads the states of the token that closes each text and of the CTX token. Before training,
+SmolLM2's end-of-turn token <|im_end|> always predicts the same next token, so its state is nearly the same for every
+text; a prompt that asks for a summary may make the same position carry one (the default variants, the closings).
+Each variant is a set of config overrides, scored on dev queries against their documents plus distractors, as the
+concatenation and as each half alone. Writes bench/results/zero_shot.{json,png}.
 
     python bench/zero_shot.py --data ../shared/data/debian-pkgs
+    python bench/zero_shot.py --data ../shared/data/debian-pkgs --output bench/results/ctx_scale.json \
+        --variant "CTX x1" ctx_placement=after_bos 'ctx_prefix="\n"' \
+        --variant "CTX x3000" ctx_placement=after_bos 'ctx_prefix="\n"' ctx_scale=3000
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from pathlib import Path
 from common import RESULTS, command, hardware, pyplot
 from recipe import score
 
+import yaml
+
 from causal2vec import Causal2Vec
 from causal2vec.model.devices import native_dtype_name
 
@@ -29,6 +34,13 @@ CLOSINGS = {
     "newline": {"eos_token": "\n"},
     "summary prompt": {"text_suffix": "\nSummarize the above in one word:"},
 }
+
+
+def parse_override(item: str) -> tuple[str, object]:
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise SystemExit(f"--variant: {item!r} is not KEY=VALUE")
+    return key, yaml.safe_load(value)
 
 
 def plot(rows: dict, path: Path, title: str) -> None:
@@ -60,11 +72,14 @@ def main() -> int:
     parser.add_argument("--dev-queries", type=int, default=150)
     parser.add_argument("--corpus-size", type=int, default=1000, help="judged documents + distractors")
     parser.add_argument("--eval-dtype", default=native_dtype_name())
+    parser.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME KEY=VALUE",
+                        help="a variant instead of the default closings: its name, then config overrides (YAML values)")
     parser.add_argument("--output", type=Path, default=RESULTS / "zero_shot.json")
     args = parser.parse_args()
     args.data = args.data.resolve()
+    variants = {name: dict(parse_override(item) for item in sets) for name, *sets in args.variant} or CLOSINGS
     rows = {}
-    for name, overrides in CLOSINGS.items():
+    for name, overrides in variants.items():
         started = time.perf_counter()
         model = Causal2Vec.from_pretrained(args.model, dtype=args.eval_dtype, **overrides)
         rows[name] = {"overrides": overrides, **score(args, model), "eval_s": round(time.perf_counter() - started, 1)}
@@ -73,10 +88,10 @@ def main() -> int:
               f"CTX half {halves['ctx']:.4f}", flush=True)
     report = {"command": command(), "hardware": hardware(), "model": args.model,
               "eval": {"split": "dev", "queries": args.dev_queries, "corpus_size": args.corpus_size,
-                       "dtype": args.eval_dtype}, "closings": rows}
+                       "dtype": args.eval_dtype}, "variants": rows}
     args.output.write_text(json.dumps(report, indent=1))
     plot(rows, args.output.with_suffix(".png"), f"{args.model} before training: dev nDCG@10 "
-         f"({args.dev_queries} queries, {args.corpus_size} docs) by how each text is closed")
+         f"({args.dev_queries} queries, {args.corpus_size} docs)")
     print(f"wrote {args.output}")
     return 0
 
