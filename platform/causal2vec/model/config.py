@@ -52,11 +52,11 @@ class Causal2VecConfig:
     # sink (a residual 3-6x a text token's, its final state near-constant across texts), so a document's CTX there,
     # unlike a query's after its instruction, carries little: "\n" moves it one place on (bench/ctx_probe.py).
     ctx_prefix: str | None = None
-    # Multiplies the projected CTX vector where it enters the decoder. SmolLM2's early layers write updates of norm
-    # 1e2-1e3 into the residual stream; a CTX vector of a token embedding's norm (~1-3) is drowned, and the CTX's last
-    # state retrieves at chance zero-shot (0.06 dev nDCG@10). At ~3,000x it passes through the 30 layers and
-    # retrieves as well as the encoder's own vector (0.74 vs 0.75). Every layer reads it through an RMSNorm, so the
-    # text tokens see a CTX of ordinary scale either way (bench/ctx_scale.py).
+    # Multiplies the projected CTX vector where it enters the decoder. At the CTX's position SmolLM2's first layer
+    # adds an update of norm ~80 to a fresh CTX vector of norm ~1, and later layers 30-600 each: the vector is
+    # drowned and the CTX's last state retrieves at chance zero-shot. Scaled 3,000x it passes through the 30 layers
+    # and retrieves about as well as the projector's output itself. Every layer reads it through an RMSNorm, so the
+    # text tokens see a CTX of ordinary scale either way (bench/zero_shot.py, results/ctx_scale.json).
     ctx_scale: float = 1.0
     padding_side: PaddingSide = "right"
     # The token closed onto every text, whose state `last` / `concat` pool; None = the tokenizer's EOS. An instruct
