@@ -89,9 +89,9 @@ EXPERIMENTS: dict[str, tuple[str, list[str]]] = {
     "ctx-first+halves-loss": ("round 9's layout + InfoNCE on each half alone at weight 0.5 (optim.halves_loss_weight)",
                               [ALL, "model.ctx_placement=after_bos", 'model.ctx_prefix="\\n"',
                                "optim.halves_loss_weight=0.5"]),
-    # round 11: zero-shot, the CTX's last state retrieves at chance (0.05) because SmolLM2's early layers write updates
-    # of norm 1e2-1e3 over a CTX vector of norm ~1; scaled 3,000x it passes through at the encoder's own level
-    # (bench/zero_shot.py --output bench/results/ctx_scale.json). Start training from a CTX half that already retrieves
+    # round 11: zero-shot, the CTX's last state retrieves at chance (0.05) because SmolLM2's layers add updates of
+    # norm 30-600 at its position to a CTX vector of norm ~1; scaled 3,000x it passes through and retrieves about as
+    # well as the projector's output (model/config.py). Start training from a CTX half that already retrieves
     "ctx-first+halves-loss+ctx-scale-3000": ("round 10 + the CTX vector scaled 3,000x where it enters the decoder",
                                              [ALL, "model.ctx_placement=after_bos", 'model.ctx_prefix="\\n"',
                                               "optim.halves_loss_weight=0.5", "model.ctx_scale=3000"]),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
 
@@ -124,6 +126,12 @@ def test_ctx_scale_multiplies_the_spliced_ctx_vector_and_survives_save(tiny, tmp
     assert Causal2Vec.from_pretrained(tmp_path / "again").config.ctx_scale == 250.0
     with pytest.raises(Causal2VecError, match="ctx_scale must be > 0"):
         Causal2Vec.from_pretrained(tmp_path / "m", ctx_scale=0)
+    # tables written before ctx_scale existed keep their identity; a scaled model's differs
+    assert scaled.config.fingerprint() != tiny.config.fingerprint()
+    unscaled = {k: v for k, v in tiny.config.to_dict().items() if k != "ctx_scale"}
+    for lineage in ("encoder", "decoder", "encoder_source", "decoder_source", "extra"):
+        unscaled.pop(lineage)
+    assert tiny.config.fingerprint() == hashlib.sha256(json.dumps(unscaled, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def test_instruction_reaches_the_decoder_only(tiny):

@@ -13,6 +13,10 @@ from causal2vec.errors import Causal2VecError
 
 FORMAT_VERSION = 1
 
+# Fields added after models and tables were written, at the value that leaves the embedding function as it was:
+# there they stay out of the fingerprint, so a table written before them keeps its identity.
+NEUTRAL_SINCE_ADDED = {"ctx_scale": 1.0}
+
 EncoderPooling = Literal["mean", "cls"]
 PaddingSide = Literal["left", "right"]
 CtxPlacement = Literal["after_instruction", "after_bos"]
@@ -56,7 +60,7 @@ class Causal2VecConfig:
     # adds an update of norm ~80 to a fresh CTX vector of norm ~1, and later layers 30-600 each: the vector is
     # drowned and the CTX's last state retrieves at chance zero-shot. Scaled 3,000x it passes through the 30 layers
     # and retrieves about as well as the projector's output itself. Every layer reads it through an RMSNorm, so the
-    # text tokens see a CTX of ordinary scale either way (bench/zero_shot.py, results/ctx_scale.json).
+    # text tokens see a CTX of ordinary scale either way (bench/zero_shot.py --variant ... ctx_scale=3000).
     ctx_scale: float = 1.0
     padding_side: PaddingSide = "right"
     # The token closed onto every text, whose state `last` / `concat` pool; None = the tokenizer's EOS. An instruct
@@ -114,6 +118,9 @@ class Causal2VecConfig:
         data = self.to_dict()
         for lineage in ("encoder", "decoder", "encoder_source", "decoder_source", "extra"):
             data.pop(lineage)
+        for name, neutral in NEUTRAL_SINCE_ADDED.items():
+            if data[name] == neutral:
+                data.pop(name)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
