@@ -23,9 +23,8 @@ from pathlib import Path
 from common import RESULTS, command, hardware, pyplot
 from recipe import score
 
-import yaml
-
 from causal2vec import Causal2Vec
+from causal2vec.config import read_config
 from causal2vec.model.devices import native_dtype_name
 
 # name -> config overrides of the preset
@@ -34,13 +33,6 @@ CLOSINGS = {
     "newline": {"eos_token": "\n"},
     "summary prompt": {"text_suffix": "\nSummarize the above in one word:"},
 }
-
-
-def parse_override(item: str) -> tuple[str, object]:
-    key, sep, value = item.partition("=")
-    if not sep:
-        raise SystemExit(f"--variant: {item!r} is not KEY=VALUE")
-    return key, yaml.safe_load(value)
 
 
 def plot(rows: dict, path: Path, title: str) -> None:
@@ -77,7 +69,7 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=RESULTS / "zero_shot.json")
     args = parser.parse_args()
     args.data = args.data.resolve()
-    variants = {name: dict(parse_override(item) for item in sets) for name, *sets in args.variant} or CLOSINGS
+    variants = {name: read_config(None, sets) for name, *sets in args.variant} or CLOSINGS  # sets parsed as --set
     rows = {}
     for name, overrides in variants.items():
         started = time.perf_counter()
