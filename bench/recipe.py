@@ -31,7 +31,9 @@ from causal2vec.train.config import load_config
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-# name -> (what it tests, overrides on the base config)
+# name -> (what it tests, overrides on the base config). Rounds 1-11 ran on jobs/configs/smollm2.yaml before
+# round 11's settings became its defaults (model.ctx_placement/ctx_prefix/ctx_scale, optim.halves_loss_weight):
+# to rerun an earlier round as it ran, pass those at their old values (after_instruction, null, 1, 0) in --common
 ANCHOR = "anchor: MiniLM alone (sentence-transformers)"
 QV = "model.lora.target_modules=null"  # peft's default: the attention's query and value projections
 ALL = "model.lora.target_modules=all-linear"
