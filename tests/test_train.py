@@ -163,3 +163,13 @@ def test_the_halves_loss_needs_a_concat_model(tmp_path):
         build_model(_config(tmp_path, "x", "optim.halves_loss_weight=0.5", "model.pooling=last"))
     with pytest.raises(Causal2VecError, match="optim.halves_loss_weight: Input should be greater than or equal"):
         _config(tmp_path, "x", "optim.halves_loss_weight=-1")
+
+
+TRAINING_CONFIGS = sorted(p for p in (ROOT / "jobs" / "configs").glob("*.yaml") if not p.name.startswith("embed-"))
+
+
+@pytest.mark.parametrize("path", TRAINING_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_training_config_loads(path):
+    """A typo in a shipped config (a key, a value out of range) is caught here, not an hour into a run."""
+    config = load_config(path)
+    assert config.optim.max_steps > 0 and config.data.train
