@@ -111,6 +111,31 @@ def test_bad_configs_and_data_are_named(ray_session, tmp_path):
         prepare_source(str(tmp_path / "bad.parquet"), "b", spec, num_negatives=0, default_instruction=None)
 
 
+def test_training_rows_are_shuffled_by_seed_whatever_the_file_order(ray_session, tmp_path):
+    """A sorted file (siblings adjacent) must not become batches of near-duplicates: the order comes from the seed
+    and the texts, so the same rows in any file order train in the same order (a resume relies on it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from causal2vec.train.data import prepare_source
+
+    spec = _config(tmp_path, "x").model.source()
+
+    def order(rows: list[int], seed: int) -> list[str]:
+        """Rows in training order, named by their instruction column (which passes through untouched)."""
+        path = tmp_path / f"pairs_{seed}_{rows[0]}.parquet"
+        pq.write_table(pa.table({"query": [f"package {i}" for i in rows], "positive": [f"doc {i}" for i in rows],
+                                 "instruction": [f"{i:03d}" for i in rows]}), path)
+        prepared = prepare_source(str(path), "p", spec, num_negatives=0, default_instruction=None, seed=seed)
+        return [row for batch in prepared.dataset.iter_batches(batch_format="pyarrow")
+                for row in batch["instruction"].to_pylist()]
+
+    trained = order(list(range(200)), seed=0)
+    assert sorted(trained) == [f"{i:03d}" for i in range(200)] and trained != sorted(trained)
+    assert order(list(reversed(range(200))), seed=0) == trained
+    assert order(list(range(200)), seed=1) != trained
+
+
 def test_projector_alignment_leaves_the_adapters_alone(ray_session, tmp_path, tiny):
     """align_steps: the encoder and projector train on the CTX state while the decoder's adapters wait."""
     config = _config(tmp_path, "align", "optim.max_steps=4", "optim.align_steps=4", "merge_lora=false",

@@ -7,6 +7,7 @@ collate applies the model's layout and padding (BatchBuilder), so the data pipel
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from collections.abc import Iterator, Sequence
@@ -22,6 +23,7 @@ from causal2vec.model.tokenization import Batch
 log = logging.getLogger(__name__)
 
 TOKEN_COLUMNS = ("q_enc", "q_dec", "p_enc", "p_dec", "n_enc", "n_dec")
+ORDER = "order"  # the column rows are sorted on: a seeded shuffle (prepare_source)
 
 
 def read_pairs(path: str):
@@ -43,8 +45,13 @@ class PreparedSource:
 
 
 def prepare_source(path: str, name: str, model: ModelSource, *, num_negatives: int,
-                   default_instruction: str | None) -> PreparedSource:
-    """Validate and tokenize one training file; materialized so the run can count it and stream it per epoch."""
+                   default_instruction: str | None, seed: int = 0) -> PreparedSource:
+    """Validate, tokenize and shuffle one training file; materialized so the run can count it and stream it per epoch.
+
+    Rows are put in an order drawn from `seed` and each row's text, not the file's: files are often sorted (the
+    Debian pairs by package name, siblings like libfoo1/libfoo-dev adjacent), and read in order they make each batch
+    a cluster of near-duplicates and a short run a slice of the alphabet. The order depends on content alone, so a
+    resumed run sees the same order whatever order Ray Data's tasks finish in."""
     raw = read_pairs(path).materialize()  # read once: the checks, the count and tokenizing all use it
     columns = raw.columns()
     missing = {"query", "positive"} - set(columns)
@@ -57,8 +64,8 @@ def prepare_source(path: str, name: str, model: ModelSource, *, num_negatives: i
     total = raw.count()
     tokenized = raw.map_batches(
         TokenizePairs, fn_constructor_kwargs=dict(model=model, num_negatives=num_negatives,
-                                              default_instruction=default_instruction),
-        batch_format="pyarrow", batch_size=256, compute=_actor_pool()).materialize()
+                                              default_instruction=default_instruction, seed=seed),
+        batch_format="pyarrow", batch_size=256, compute=_actor_pool()).sort(ORDER).materialize()
     rows = tokenized.count()
     if rows == 0:
         raise Causal2VecError(f"training data {path!r}: no valid rows out of {total}")
@@ -81,10 +88,11 @@ def _ok(text) -> bool:
 class TokenizePairs:
     """Ray Data callable class: loads the tokenizers once per actor, drops bad rows, emits raw token ids."""
 
-    def __init__(self, model: ModelSource, num_negatives: int, default_instruction: str | None):
+    def __init__(self, model: ModelSource, num_negatives: int, default_instruction: str | None, seed: int = 0):
         self.builder = load_builder(model)
         self.h = num_negatives
         self.default_instruction = default_instruction
+        self.seed = seed
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -111,7 +119,14 @@ class TokenizePairs:
             "n_enc": pa.array(group(n_enc), pa.list_(i32)),
             "n_dec": pa.array(group(n_dec), pa.list_(i32)),
             "instruction": pa.array([k[3] for k in keep], pa.string()),
+            ORDER: pa.array([shuffle_key(self.seed, k[0], k[1]) for k in keep], pa.int64()),
         })
+
+
+def shuffle_key(seed: int, query: str, positive: str) -> int:
+    """A row's place in the training order: a seeded hash of its texts (prepare_source)."""
+    digest = hashlib.blake2b(f"{query}\0{positive}".encode(), digest_size=8, salt=seed.to_bytes(8, "little", signed=True))
+    return int.from_bytes(digest.digest(), "little") >> 1  # fits int64
 
 
 @dataclass

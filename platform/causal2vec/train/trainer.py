@@ -21,7 +21,7 @@ def run_training(config: TrainConfig):
     for i, source in enumerate(config.data.train):
         prepared = prepare_source(source.path, source.name or f"train{i}", config.model.source(),
                                   num_negatives=config.data.num_hard_negatives,
-                                  default_instruction=source.instruction)
+                                  default_instruction=source.instruction, seed=config.data.seed)
         log.info("%s: %d training rows (%d dropped)", prepared.name, prepared.rows, prepared.dropped)
         print(f"data {prepared.name}: {prepared.rows} rows, {prepared.dropped} dropped (missing/empty text or "
               f"too few hard negatives)", flush=True)
