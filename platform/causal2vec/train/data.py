@@ -46,7 +46,7 @@ class PreparedSource:
 
 def prepare_source(path: str, name: str, model: ModelSource, *, num_negatives: int,
                    default_instruction: str | None, seed: int = 0) -> PreparedSource:
-    """Validate, tokenize and shuffle one training file; materialized so the run can count it and stream it per epoch.
+    """Validate, tokenize and shuffle one training file; materialized so the run can count it and stream it.
 
     Rows are put in an order drawn from `seed` and each row's text, not the file's: files are often sorted (the
     Debian pairs by package name, siblings like libfoo1/libfoo-dev adjacent), and read in order they make each batch
@@ -125,7 +125,8 @@ class TokenizePairs:
 
 def shuffle_key(seed: int, query: str, positive: str) -> int:
     """A row's place in the training order: a seeded hash of its texts (prepare_source)."""
-    digest = hashlib.blake2b(f"{query}\0{positive}".encode(), digest_size=8, salt=seed.to_bytes(8, "little", signed=True))
+    salt = seed.to_bytes(8, "little", signed=True)
+    digest = hashlib.blake2b(f"{query}\0{positive}".encode(), digest_size=8, salt=salt)
     return int.from_bytes(digest.digest(), "little") >> 1  # fits int64
 
 
