@@ -60,7 +60,7 @@ def test_bulk_embedding_runs_its_stages_on_different_nodes_and_survives_losing_o
 def test_training_on_two_nodes_resumes_from_the_checkpoint_when_the_lost_node_is_back(cluster, tmp_path):
     r = train_drill(cluster, tmp_path, steps=30, checkpoint_every=5, kill_at=8, down_s=10)
     assert r["train_worker_nodes"] == ["w1", "w2"], "one Train worker on each worker node"
-    assert r["status"] == "SUCCEEDED" and r["final_step"] == 30
+    assert r["status"] == "SUCCEEDED" and r["final_step"] == 30, r["log_tail"]
     kill = next(e for e in r["timeline"] if e["event"] == "node killed")
     assert r["resumed_from_step"] == kill["checkpoint_step"] >= 5, "resumed from the last checkpoint, not step 0"
     assert 0 < r["steps_lost"] < 30

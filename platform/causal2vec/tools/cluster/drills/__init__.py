@@ -93,6 +93,10 @@ class Job:
             time.sleep(0.5)
         return status
 
+    def log_tail(self, lines: int = 60) -> str:
+        """The end of the job's log: why a job failed."""
+        return "\n".join(self._call("get_job_logs").splitlines()[-lines:])
+
     def result(self) -> dict[str, Any] | None:
         return find_result(self._call("get_job_logs").splitlines())
 

@@ -81,4 +81,5 @@ def train_drill(cluster: LocalCluster, work: Path, steps: int = 30, checkpoint_e
             "loss_first": history[0]["loss"] if history else None,
             "loss_last": history[-1]["loss"] if history else None,
             "losses": [(h["step"], round(h["loss"], 4), h.get("restarts", 0)) for h in history],
-            "progress": progress, "timeline": tl.events}
+            "progress": progress, "timeline": tl.events,
+            "log_tail": job.log_tail() if status != "SUCCEEDED" else None}
