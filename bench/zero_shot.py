@@ -42,16 +42,19 @@ def plot(rows: dict, path: Path, title: str) -> None:
     parts = [("concat", lambda r: r["ndcg_at_10"]), ("EOS half", lambda r: r["halves_ndcg_at_10"]["eos"]),
              ("CTX half", lambda r: r["halves_ndcg_at_10"]["ctx"])]
     height = 0.8 / len(parts)
+    top = 0.0
     for i, (label, value) in enumerate(parts):
         ys = [y + i * height for y in range(len(names))]
         values = [value(rows[n]) for n in names]
+        top = max(top, *values)
         ax.barh(ys, values, height=height, label=label)
         for y, v in zip(ys, values):
             ax.text(v + 0.005, y, f"{v:.3f}", va="center", fontsize=8)
     ax.set_yticks([y + height for y in range(len(names))], names)
     ax.invert_yaxis()
+    ax.set_xlim(0, top + 0.12)  # room for the value labels and the legend
     ax.set_xlabel("dev nDCG@10, untrained")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper right")
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
