@@ -37,12 +37,13 @@ def main() -> int:
     args = parser.parse_args()
     args.data, work = args.data.resolve(), args.work.resolve()
     args.limit_queries = args.corpus_size = None  # the anchor's test score: the whole split, the whole corpus
-    if load_config(args.config, args.set).data.num_hard_negatives:
+    data_config = load_config(args.config, args.set).data
+    if data_config.num_hard_negatives:
         raise SystemExit("--set data.num_hard_negatives: mine them through bench/train_quality.py")
 
     pairs = training_pairs(args.data, "train", work / "train_pairs.parquet")
     row = anchor(args, work, pairs, {"final": {"samples": args.pairs}})
-    dev = load_config(args.config, args.set).data.dev
+    dev = data_config.dev
     row["dev"] = _dev_score(args, row["model_dir"], dev.limit_queries, dev.limit_corpus, work / "eval_cache")
     output = args.output or RESULTS / f"anchor_{args.pairs}.json"
     output.write_text(json.dumps({"command": command(), "hardware": hardware(), "eval_dtype": args.eval_dtype,
