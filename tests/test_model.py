@@ -80,6 +80,17 @@ def test_concat_halves_are_ctx_and_eos_hidden_states(tiny):
     assert (eos == tiny.decoder_tokenizer.eos_token_id).all()
 
 
+def test_encoder_vectors_follow_the_embedding_only_when_asked(tiny):
+    """Training's encoder loss reads the pooled encoder vector appended to each embedding; the embedding is unchanged."""
+    batch = tiny.builder([SHORT, LONG])
+    with torch.no_grad():
+        both = tiny(batch, with_encoder_vectors=True)
+        pooled = tiny.context_encoder.pool(batch.encoder.input_ids, batch.encoder.attention_mask)
+        torch.testing.assert_close(both[:, :tiny.embedding_dim], tiny(batch))
+    torch.testing.assert_close(both[:, tiny.embedding_dim:], pooled)
+    assert both.shape[1] == tiny.embedding_dim + tiny.context_encoder.encoder.config.hidden_size
+
+
 def test_layout_bos_instruction_ctx_text_eos(tiny):
     instr = "Instruct: find the package\nQuery: "
     batch = tiny.builder([SHORT], instr).decoder

@@ -190,6 +190,16 @@ def test_the_halves_loss_needs_a_concat_model(tmp_path):
         _config(tmp_path, "x", "optim.halves_loss_weight=-1")
 
 
+def test_the_encoder_loss_needs_a_context_encoder(tmp_path):
+    from causal2vec.train.loop import build_model
+
+    with pytest.raises(ValueError, match="encoder_loss_weight trains the context encoder; this model has none"):
+        build_model(_config(tmp_path, "x", "optim.encoder_loss_weight=1", "model.use_ctx_token=false",
+                                    "model.pooling=last"))
+    with pytest.raises(Causal2VecError, match="optim.encoder_temperature: Input should be greater than 0"):
+        _config(tmp_path, "x", "optim.encoder_temperature=0")
+
+
 TRAINING_CONFIGS = sorted(p for p in (ROOT / "jobs" / "configs").glob("*.yaml") if not p.name.startswith("embed-"))
 
 

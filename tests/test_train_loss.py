@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from causal2vec.tools.processes import free_port
-from causal2vec.train.loss import embedding_loss, info_nce
+from causal2vec.train.loss import batch_loss, embedding_loss, info_nce
 
 B, H = 3, 2  # per-worker batch, hard negatives per query
 QUERIES = [f"query number {i} about packages" for i in range(2 * B)]
@@ -87,3 +87,16 @@ def test_the_halves_loss_adds_each_half_of_a_concat_embedding_scored_alone():
     torch.testing.assert_close(both, plain + 0.5 * (ctx + eos))
     torch.testing.assert_close(embedding_loss(q, p, None, temperature=0.05, gather=False),
                                info_nce(q, p, None, temperature=0.05, gather=False))
+
+
+def test_the_encoder_loss_scores_the_appended_encoder_vectors_at_their_own_temperature():
+    from causal2vec.train.config import OptimSection
+
+    torch.manual_seed(0)
+    emb, pooled = torch.randn(12, 8), torch.randn(12, 3)  # 4 queries, 4 positives, 4 hard negatives
+    optim = OptimSection(temperature=0.02, halves_loss_weight=0.5, encoder_loss_weight=0.7, encoder_temperature=0.1)
+    plain = embedding_loss(emb[:4], emb[4:8], emb[8:], temperature=0.02, halves_weight=0.5, gather=False)
+    encoder = info_nce(pooled[:4], pooled[4:8], pooled[8:], temperature=0.1, gather=False)
+    both = batch_loss(torch.cat([emb, pooled], dim=1), 4, optim, gather=False, encoder_dim=3)
+    torch.testing.assert_close(both, plain + 0.7 * encoder)
+    torch.testing.assert_close(batch_loss(emb, 4, optim, gather=False), plain)

@@ -163,10 +163,19 @@ class Causal2Vec(nn.Module):
         """Decoder stage: decoder batch + CTX vectors -> embeddings."""
         return self.pool(self.decoder_hidden_states(batch, ctx), batch, normalize)
 
-    def forward(self, batch: Batch, normalize: bool | None = None) -> torch.Tensor:
-        """Both stages, differentiable: what training calls."""
-        ctx = self.context_vectors(batch.encoder) if batch.encoder is not None else None
-        return self.embed_with_context(batch.decoder, ctx, normalize)
+    def forward(self, batch: Batch, normalize: bool | None = None, with_encoder_vectors: bool = False) -> torch.Tensor:
+        """Both stages, differentiable: what training calls. `with_encoder_vectors` appends each text's pooled encoder
+        vector (before the projector) to its embedding, for the encoder's own loss (optim.encoder_loss_weight); one
+        tensor keeps training's row reordering as it is."""
+        if not with_encoder_vectors:
+            ctx = self.context_vectors(batch.encoder) if batch.encoder is not None else None
+            return self.embed_with_context(batch.decoder, ctx, normalize)
+        if batch.encoder is None or self.context_encoder is None:
+            raise Causal2VecError("with_encoder_vectors needs a model with a context encoder and a CTX token")
+        pooled = self.context_encoder.pool(batch.encoder.input_ids, batch.encoder.attention_mask)
+        embeddings = self.embed_with_context(batch.decoder, self.context_encoder.project(pooled).to(self.dtype),
+                                             normalize)
+        return torch.cat([embeddings, pooled.to(embeddings.dtype)], dim=-1)
 
     # -- the one public inference entry --------------------------------------------------------------------------
     def encode(self, texts: Sequence[str], instruction: str | Sequence[str | None] | None = None, *,

@@ -35,6 +35,8 @@ class ContextEncoder(nn.Module):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        pooled = self.pool(input_ids, attention_mask)
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.projector(pooled.to(self.projector.net[0].weight.dtype))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.project(self.pool(input_ids, attention_mask))

@@ -113,6 +113,9 @@ class OptimSection(Strict):
     symmetric: bool = False
     # concat models only: each half of [h_ctx ; h_eos] is also trained to retrieve alone, at this weight (loss.py)
     halves_loss_weight: float = Field(0.0, ge=0.0)
+    # models with a context encoder only: the encoder's pooled vector is also trained to retrieve alone (loss.py)
+    encoder_loss_weight: float = Field(0.0, ge=0.0)
+    encoder_temperature: float = Field(0.05, gt=0.0)  # sentence-transformers' default, MiniLM's own setting
 
 
 class DeepSpeedSection(Strict):

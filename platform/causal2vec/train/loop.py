@@ -61,6 +61,8 @@ def build_model(config: TrainConfig):
         model.decoder.gradient_checkpointing_enable(**kwargs)
         if model.context_encoder is not None:
             model.context_encoder.encoder.gradient_checkpointing_enable(**kwargs)
+    if config.optim.encoder_loss_weight and (model.context_encoder is None or not model.config.use_ctx_token):
+        raise ValueError("optim.encoder_loss_weight trains the context encoder; this model has none")
     return model
 
 
@@ -80,6 +82,8 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
 
     model = build_model(config)
     builder = model.builder
+    # the encoder's own loss reads its pooled vectors, appended to each embedding (loss.batch_loss)
+    encoder_dim = model.context_encoder.encoder.config.hidden_size if config.optim.encoder_loss_weight else 0
     mb, accum = config.optim.micro_batch_size, config.optim.grad_accumulation
     batches_per_source = [s["rows"] // world // mb for s in sources]
     micro_per_epoch = sum(batches_per_source)
@@ -123,9 +127,9 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         aligning = state.step < config.optim.align_steps
         batch = collate(builder, table, config.optim.rows_per_pass, through_ctx=aligning)
         with cpu_autocast(config, config.ray.use_gpu):
-            embeddings = embed_passes(engine, batch, device)
+            embeddings = embed_passes(engine, batch, device, with_encoder_vectors=encoder_dim > 0)
         b = batch.queries
-        loss = batch_loss(embeddings, b, config.optim)
+        loss = batch_loss(embeddings, b, config.optim, encoder_dim=encoder_dim)
         engine.backward(loss)
         engine.step()
         state.position = position + 1
@@ -166,10 +170,10 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     return {"history": history, "state": where, "export_dir": str(export_dir)} if rank == 0 else None
 
 
-def embed_passes(model, batch: TrainBatch, device) -> torch.Tensor:
+def embed_passes(model, batch: TrainBatch, device, **forward) -> torch.Tensor:
     """Embeddings of every row of the micro-batch, in row order, one differentiable forward per pass."""
     return in_input_order([rows for rows, _ in batch.passes],
-                          [model(part.to(device)).float() for _, part in batch.passes])
+                          [model(part.to(device), **forward).float() for _, part in batch.passes])
 
 
 def _epochs(shards, batches_per_source: list[int], micro_per_epoch: int, config: TrainConfig, state: TrainState):

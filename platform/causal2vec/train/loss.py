@@ -86,9 +86,22 @@ def embedding_loss(queries: torch.Tensor, positives: torch.Tensor, negatives: to
     return loss
 
 
-def batch_loss(embeddings: torch.Tensor, queries: int, optim, *, gather: bool = True) -> torch.Tensor:
+def batch_loss(embeddings: torch.Tensor, queries: int, optim, *, gather: bool = True,
+               encoder_dim: int = 0) -> torch.Tensor:
     """The training loss of one micro-batch's embeddings (queries, then positives, then hard negatives) under the
-    config's `optim` section: the one place the Ray loop and the single-process benches take it from."""
+    config's `optim` section: the one place the Ray loop and the single-process benches take it from.
+
+    `encoder_dim`: the embeddings' last that many columns are the encoder's own pooled vectors
+    (`Causal2Vec.forward(with_encoder_vectors=True)`), trained to retrieve alone at `optim.encoder_temperature`,
+    weighted by `optim.encoder_loss_weight`: the encoder then learns as it would fine-tuned alone (the same-run
+    anchor), where through the decoder alone it barely moved from its zero-shot quality (README, recipe round 12)."""
     b = queries
-    return embedding_loss(embeddings[:b], embeddings[b:2 * b], embeddings[2 * b:], temperature=optim.temperature,
-                          symmetric=optim.symmetric, halves_weight=optim.halves_loss_weight, gather=gather)
+    kwargs = {"symmetric": optim.symmetric, "gather": gather}
+    pooled = embeddings[:, embeddings.shape[1] - encoder_dim:]
+    embeddings = embeddings[:, :embeddings.shape[1] - encoder_dim]
+    loss = embedding_loss(embeddings[:b], embeddings[b:2 * b], embeddings[2 * b:], temperature=optim.temperature,
+                          halves_weight=optim.halves_loss_weight, **kwargs)
+    if encoder_dim:
+        loss = loss + optim.encoder_loss_weight * info_nce(pooled[:b], pooled[b:2 * b], pooled[2 * b:],
+                                                           temperature=optim.encoder_temperature, **kwargs)
+    return loss
