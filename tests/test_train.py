@@ -195,7 +195,7 @@ def test_the_encoder_loss_needs_a_context_encoder(tmp_path):
 
     with pytest.raises(ValueError, match="encoder_loss_weight trains the context encoder; this model has none"):
         build_model(_config(tmp_path, "x", "optim.encoder_loss_weight=1", "model.use_ctx_token=false",
-                                    "model.pooling=last"))
+                            "model.pooling=last"))
     with pytest.raises(Causal2VecError, match="optim.encoder_temperature: Input should be greater than 0"):
         _config(tmp_path, "x", "optim.encoder_temperature=0")
 
