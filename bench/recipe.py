@@ -101,6 +101,12 @@ EXPERIMENTS: dict[str, tuple[str, list[str]]] = {
     # number of pairs: through the decoder the encoder barely learns. Train its own pooled vector to retrieve too
     "ctx-scale-3000+encoder-loss": ("round 11 (the base config) + InfoNCE on the encoder's own pooled vector at "
                                     "t 0.05, weight 1 (optim.encoder_loss_weight)", ["optim.encoder_loss_weight=1.0"]),
+    # round 13: round 12's trained encoder retrieves at 0.785 on its own pooled vector, its random-init projection
+    # at 0.748, the CTX half at 0.740: the projector loses most of it. Start the projector as an exact isometry
+    "ctx-scale-3000+encoder-loss+isometric-projector": ("round 12 + the projector starting as an isometry x -> Qx "
+                                                        "(model.projector_init=isometry)",
+                                                        ["optim.encoder_loss_weight=1.0",
+                                                         "model.projector_init=isometry"]),
 }
 
 

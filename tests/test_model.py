@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from causal2vec import Causal2Vec, Causal2VecError
+from causal2vec.model.config import NEUTRAL_SINCE_ADDED
 from conftest import tiny_with_decoder
 
 SHORT = "vim editor"
@@ -137,12 +138,37 @@ def test_ctx_scale_multiplies_the_spliced_ctx_vector_and_survives_save(tiny, tmp
     assert Causal2Vec.from_pretrained(tmp_path / "again").config.ctx_scale == 250.0
     with pytest.raises(Causal2VecError, match="ctx_scale must be > 0"):
         Causal2Vec.from_pretrained(tmp_path / "m", ctx_scale=0)
-    # tables written before ctx_scale existed keep their identity; a scaled model's differs
+    # tables written before ctx_scale (or projector_init) existed keep their identity; a scaled model's differs
     assert scaled.config.fingerprint() != tiny.config.fingerprint()
-    unscaled = {k: v for k, v in tiny.config.to_dict().items() if k != "ctx_scale"}
+    unscaled = {k: v for k, v in tiny.config.to_dict().items() if k not in NEUTRAL_SINCE_ADDED}
     for lineage in ("encoder", "decoder", "encoder_source", "decoder_source", "extra"):
         unscaled.pop(lineage)
     assert tiny.config.fingerprint() == hashlib.sha256(json.dumps(unscaled, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def test_isometric_projector_keeps_the_encoders_geometry_and_survives_save(tmp_path):
+    model = Causal2Vec.from_pretrained("tiny", projector_init="isometry")
+    projector = model.context_encoder.projector
+    width = projector.net[0].in_features
+    assert projector.net[0].out_features == 2 * width
+    batch = model.builder([SHORT, LONG, "a package manager for Debian"])
+    with torch.no_grad():
+        pooled = model.context_encoder.pool(batch.encoder.input_ids, batch.encoder.attention_mask)
+        projected = model.context_encoder.project(pooled)
+    torch.testing.assert_close(projected @ projected.T, pooled @ pooled.T, atol=1e-4, rtol=1e-4)
+    random = Causal2Vec.from_pretrained("tiny").context_encoder
+    with torch.no_grad():
+        bent = random.project(pooled)
+    assert not torch.allclose(bent @ bent.T, pooled @ pooled.T, atol=1e-2)  # what the isometry is for
+    model.save_pretrained(tmp_path / "m")
+    again = Causal2Vec.from_pretrained(tmp_path / "m")
+    assert again.config.projector_init == "isometry"
+    np.testing.assert_allclose(again.encode([SHORT, LONG]), model.encode([SHORT, LONG]), atol=1e-5)
+    with pytest.raises(Causal2VecError, match="hidden width 2 x"):
+        Causal2Vec.from_pretrained("tiny", projector_init="isometry", projector_hidden=width)
+    with pytest.raises(Causal2VecError, match="projector_init must be one of"):
+        Causal2Vec.from_pretrained("tiny", projector_init="orthogonal")
+    assert model.config.fingerprint() != Causal2Vec.from_pretrained("tiny").config.fingerprint()
 
 
 def test_instruction_reaches_the_decoder_only(tiny):

@@ -172,9 +172,9 @@ def test_native_bf16_follows_the_cpu(tmp_path):
 
 def test_every_model_setting_of_the_training_config_reaches_the_model(tmp_path):
     config = _config(tmp_path, "x", "model.ctx_placement=after_bos", 'model.ctx_prefix="\\n"', "model.pooling=last",
-                     "model.ctx_scale=3000")
+                     "model.ctx_scale=3000", "model.projector_init=isometry")
     assert config.model.source().overrides == {"pooling": "last", "ctx_placement": "after_bos", "ctx_prefix": "\n",
-                                               "ctx_scale": 3000.0}
+                                               "ctx_scale": 3000.0, "projector_init": "isometry"}
     with pytest.raises(Causal2VecError, match="model.ctx_placement: Input should be 'after_instruction' or"):
         _config(tmp_path, "x", "model.ctx_placement=first")
     with pytest.raises(Causal2VecError, match="model.ctx_scale: Input should be greater than 0"):

@@ -53,7 +53,8 @@ def assemble_parts(config: Causal2VecConfig, encoder: nn.Module | None, decoder:
     if config.use_ctx_token and encoder is not None:
         freeze_pooler(encoder)
         out_dim = decoder.get_input_embeddings().embedding_dim if decoder is not None else decoder_hidden
-        projector = seeded(seed, lambda: Projector(encoder.config.hidden_size, out_dim, config.projector_hidden))
+        projector = seeded(seed, lambda: Projector(encoder.config.hidden_size, out_dim, config.projector_hidden,
+                                                         config.projector_init))
         if projector_state is not None:
             projector.load_state_dict(projector_state)
         context_encoder = ContextEncoder(encoder, projector, config.encoder_pooling)

@@ -15,11 +15,12 @@ FORMAT_VERSION = 1
 
 # Fields added after models and tables were written, at the value that leaves the embedding function as it was:
 # there they stay out of the fingerprint, so a table written before them keeps its identity.
-NEUTRAL_SINCE_ADDED = {"ctx_scale": 1.0}
+NEUTRAL_SINCE_ADDED = {"ctx_scale": 1.0, "projector_init": "random"}
 
 EncoderPooling = Literal["mean", "cls"]
 PaddingSide = Literal["left", "right"]
 CtxPlacement = Literal["after_instruction", "after_bos"]
+ProjectorInit = Literal["random", "isometry"]
 
 
 @dataclass
@@ -47,7 +48,11 @@ class Causal2VecConfig:
     encoder: str
     decoder: str
     encoder_pooling: EncoderPooling = "mean"
-    projector_hidden: int | None = None  # MLP hidden width; None -> the decoder's hidden size
+    projector_hidden: int | None = None  # MLP hidden width; None -> the decoder's hidden size (2x the encoder's
+    # for an isometry)
+    # How a fresh projector starts: "random" (PyTorch's default init) or "isometry" (exactly x -> Qx, so the CTX
+    # vector starts with the encoder's own geometry: context_encoder.Projector)
+    projector_init: ProjectorInit = "random"
     pooling: Pooling = "concat"
     normalize: bool = True
     use_ctx_token: bool = True  # False: the decoder alone (the paper's "without Contextual token" ablation)
@@ -88,6 +93,7 @@ class Causal2VecConfig:
         _check_choice("encoder_pooling", self.encoder_pooling, EncoderPooling)
         _check_choice("padding_side", self.padding_side, PaddingSide)
         _check_choice("ctx_placement", self.ctx_placement, CtxPlacement)
+        _check_choice("projector_init", self.projector_init, ProjectorInit)
         if self.pooling in ("concat", "ctx") and not self.use_ctx_token:
             raise Causal2VecError(f"pooling={self.pooling!r} needs the Contextual token; set use_ctx_token=true "
                                   "or use pooling 'last' / 'mean'")

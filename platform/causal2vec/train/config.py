@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from causal2vec.config import Pooling, Strict, absolute, absolute_if_exists, load
-from causal2vec.model.config import Causal2VecConfig, CtxPlacement, LoraSettings
+from causal2vec.model.config import Causal2VecConfig, CtxPlacement, LoraSettings, ProjectorInit
 from causal2vec.model.sources import ModelSource
 
 
@@ -43,6 +43,7 @@ class ModelSection(Strict):
     ctx_prefix: str | None = None
     ctx_placement: CtxPlacement | None = None
     ctx_scale: float | None = Field(None, gt=0)
+    projector_init: ProjectorInit | None = None
     lora: LoraSection = Field(default_factory=LoraSection)
     gradient_checkpointing: bool = False
 
