@@ -54,7 +54,7 @@ def ray_run(args, workers: int, threads: int) -> dict:
 def plain_run(args, threads: int) -> dict:
     """What the Ray loop does per step, without Ray, DeepSpeed or a process group."""
     from causal2vec.train.data import TokenizePairs, collate
-    from causal2vec.train.loop import build_model, embed_passes
+    from causal2vec.train.loop import build_model, embed_passes, encoder_loss_dim
     from causal2vec.train.optim import cpu_autocast, lr_lambda, parameter_groups
     from causal2vec.train.loss import batch_loss
 
@@ -62,6 +62,7 @@ def plain_run(args, threads: int) -> dict:
     config = config_for(args, "plain", 1, threads)
     torch.manual_seed(config.data.seed)
     model = build_model(config)
+    encoder_dim = encoder_loss_dim(model, config)
     rows = TokenizePairs(config.model.source(), 0, None)(pq.read_table(args.pairs))
     optimizer = torch.optim.AdamW(parameter_groups(model, config), weight_decay=config.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, args.steps))
@@ -72,8 +73,8 @@ def plain_run(args, threads: int) -> dict:
                         config.optim.rows_per_pass)
         b = batch.queries
         with cpu_autocast(config, use_gpu=False):
-            embeddings = embed_passes(model, batch, "cpu")
-        loss = batch_loss(embeddings, b, config.optim, gather=False)
+            embeddings = embed_passes(model, batch, "cpu", with_encoder_vectors=encoder_dim > 0)
+        loss = batch_loss(embeddings, b, config.optim, gather=False, encoder_dim=encoder_dim)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
         optimizer.step()

@@ -66,6 +66,12 @@ def build_model(config: TrainConfig):
     return model
 
 
+def encoder_loss_dim(model, config: TrainConfig) -> int:
+    """How many columns of pooled encoder vectors the loss reads after each embedding (loss.batch_loss): the
+    encoder's width when `optim.encoder_loss_weight` trains them, else 0 (the forward then leaves them out)."""
+    return model.context_encoder.encoder.config.hidden_size if config.optim.encoder_loss_weight else 0
+
+
 def train_loop_per_worker(loop_config: dict) -> dict | None:
     """Entry point Ray Train runs on every worker. `loop_config`: {"config": TrainConfig dict, "sources": [...]}."""
     os.environ.update(loop_config.get("env", {}))  # before importing deepspeed: DS_ACCELERATOR=cpu on CPU runs
@@ -82,8 +88,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
 
     model = build_model(config)
     builder = model.builder
-    # the encoder's own loss reads its pooled vectors, appended to each embedding (loss.batch_loss)
-    encoder_dim = model.context_encoder.encoder.config.hidden_size if config.optim.encoder_loss_weight else 0
+    encoder_dim = encoder_loss_dim(model, config)
     mb, accum = config.optim.micro_batch_size, config.optim.grad_accumulation
     batches_per_source = [s["rows"] // world // mb for s in sources]
     micro_per_epoch = sum(batches_per_source)
