@@ -54,7 +54,7 @@ def assemble_parts(config: Causal2VecConfig, encoder: nn.Module | None, decoder:
         freeze_pooler(encoder)
         out_dim = decoder.get_input_embeddings().embedding_dim if decoder is not None else decoder_hidden
         projector = seeded(seed, lambda: Projector(encoder.config.hidden_size, out_dim, config.projector_hidden,
-                                                         config.projector_init))
+                                                   config.projector_init))
         if projector_state is not None:
             projector.load_state_dict(projector_state)
         context_encoder = ContextEncoder(encoder, projector, config.encoder_pooling)
