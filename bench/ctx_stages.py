@@ -10,7 +10,8 @@ zero-shot bars (its `pooled` is all-MiniLM-L6-v2 as shipped); `--anchor` scores 
 
     python bench/ctx_stages.py --data ../shared/data/debian-pkgs --model zero-shot=smollm2 \\
         --checkpoint round12=bench/work/recipe_round12/runs/recipe-ctx-scale-3000-encoder-loss \\
-        --set optim.encoder_loss_weight=1.0 --anchor bench/work/recipe_round12/anchor/model
+        --set optim.encoder_loss_weight=1.0 --set model.projector_init=random \\
+        --model round13=bench/work/recipe_round12/recipe-ctx-scale-3000-encoder-loss-isometric-projector
 """
 
 from __future__ import annotations
@@ -70,7 +71,10 @@ def from_checkpoint(run: Path, config: Path, sets: list[str]):
     model = build_model(load_config(config, sets)).eval()
     state = torch.load(checkpoint / "deepspeed" / "mp_rank_00_model_states.pt", map_location="cpu",
                        weights_only=False)["module"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes differ: another projector, LoRA rank, ...
+        raise SystemExit(f"{checkpoint}: not this config's model; pass the run's overrides with --set\n{exc}")
     lost = [k for k in missing if k.startswith("context_encoder.") and ".pooler." not in k]
     if unexpected or lost:
         raise SystemExit(f"{checkpoint}: not this config's model (missing {lost[:3]}, unexpected {unexpected[:3]})")
