@@ -93,7 +93,7 @@ def plot(rows: dict, path: Path) -> None:
     ax.set_xticks(np.arange(len(rows)), list(rows), fontsize=8)
     ax.set_ylim(0.5, 0.9)
     ax.set_ylabel("dev nDCG@10")
-    ax.set_title("The CTX path stage by stage: encoder's pooled vector, then the projector's output")
+    ax.set_title("The CTX path, stage by stage")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
