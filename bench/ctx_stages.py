@@ -29,6 +29,11 @@ from common import RESULTS, command, hardware, pyplot  # noqa: E402
 from train_quality import debian_task  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+REPORTED = ("ndcg_at_10", "recall_at_10", "mrr_at_10")
+
+
+def reported(metrics: dict) -> dict:
+    return {k: round(metrics[k], 4) for k in REPORTED}
 
 
 def stage_vectors(model, texts: list[str], rows_per_pass: int = 64) -> dict[str, np.ndarray]:
@@ -55,7 +60,7 @@ def score_stages(model, task) -> dict[str, dict]:
     scores = {}                                                                              # encoder never sees one
     for stage in docs:
         metrics = score_embeddings(task, queries[stage], docs[stage])
-        scores[stage] = {k: round(metrics[k], 4) for k in ("ndcg_at_10", "recall_at_10", "mrr_at_10")}
+        scores[stage] = reported(metrics)
         print(f"  {stage:9} nDCG@10 {scores[stage]['ndcg_at_10']:.4f}  Recall@10 {scores[stage]['recall_at_10']:.4f}",
               flush=True)
     return scores
@@ -131,8 +136,7 @@ def main() -> int:
         from anchor import load_anchor
 
         metrics = evaluate(load_anchor(args.anchor), task)
-        rows["anchor"] = {"source": str(args.anchor),
-                          "pooled": {k: round(metrics[k], 4) for k in ("ndcg_at_10", "recall_at_10", "mrr_at_10")}}
+        rows["anchor"] = {"source": str(args.anchor), "pooled": reported(metrics)}
         print(f"== anchor: nDCG@10 {metrics['ndcg_at_10']:.4f}", flush=True)
     report = {"command": command(), "hardware": hardware(), "config": str(args.config), "overrides": args.set,
               "eval": {"split": "dev", "queries": args.dev_queries, "corpus_size": args.corpus_size, "dtype": "fp32"},
