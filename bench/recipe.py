@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from common import RESULTS, command, finished_rows, hardware, pyplot
-from train_quality import ROOT, budget_run, debian_task, hard_negative_pairs, one_pass_pairs
+from train_quality import ANCHOR, ROOT, budget_run, debian_task, hard_negative_pairs, one_pass_pairs
 
 from causal2vec.model.devices import native_dtype_name
 from causal2vec.train.config import load_config
@@ -34,7 +34,6 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # name -> (what it tests, overrides on the base config). Rounds 1-11 ran on jobs/configs/smollm2.yaml before
 # round 11's settings became its defaults (model.ctx_placement/ctx_prefix/ctx_scale, optim.halves_loss_weight):
 # to rerun an earlier round as it ran, pass those at their old values (after_instruction, null, 1, 0) in --common
-ANCHOR = "anchor: MiniLM alone (sentence-transformers)"
 QV = "model.lora.target_modules=null"  # peft's default: the attention's query and value projections
 ALL = "model.lora.target_modules=all-linear"
 EXPERIMENTS: dict[str, tuple[str, list[str]]] = {

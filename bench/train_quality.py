@@ -12,6 +12,8 @@ bench/results/train_quality_<model>.json and a PNG with the training curve.
     python bench/train_quality.py --data ../shared/data/debian-pkgs --max-steps 200 \
         --set model.gradient_checkpointing=true
     python bench/train_quality.py --data ../shared/data/debian-pkgs --skip-train   # re-score an exported model
+    python bench/train_quality.py --data ../shared/data/debian-pkgs \
+        --from-recipe bench/work/recipe_round12 ctx-scale-3000+encoder-loss+isometric-projector
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from causal2vec.train.config import load_config
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 TASK = "Given a Debian package synopsis, retrieve its description"
+ANCHOR = "anchor: MiniLM alone (sentence-transformers)"  # its row's name in bench/recipe.py's results
 # From the data set's README: test split, whole corpus (nDCG@10 / Recall@10 / Recall@100 / MRR@10).
 BASELINES = {
     "BM25 (bm25s)": {"ndcg_at_10": 0.6515, "recall_at_10": 0.7816, "recall_at_100": 0.8951, "mrr_at_10": 0.6147},
@@ -173,7 +176,7 @@ def score(args, model, cache: Path) -> dict:
 
 def anchor(args, work: Path, pairs: Path, report: dict) -> dict:
     """MiniLM fine-tuned alone on as many pairs as the Causal2Vec run saw, same batch and max length."""
-    from anchor import load_anchor, train_anchor
+    from anchor import train_anchor
 
     config = load_config(args.config, args.set)
     negatives = config.data.num_hard_negatives
@@ -187,8 +190,39 @@ def anchor(args, work: Path, pairs: Path, report: dict) -> dict:
                            batch_size=o.micro_batch_size * config.ray.num_workers * o.grad_accumulation,
                            max_length=config.model.max_encoder_length or 128, negatives=negatives)
         saved.write_text(json.dumps(row, indent=1))
-    row["test"] = score(args, load_anchor(row["model_dir"], args.eval_dtype), work / "eval_cache")
     return row
+
+
+def from_recipe(work: Path, experiment: str) -> tuple[dict, dict, dict | None]:
+    """A model bench/recipe.py trained through the real job and kept (`--keep-models`), as (training summary, loss
+    history, the recipe's anchor on the same pairs): its pick scored on test without training it again (~85 min on
+    a 2-core CPU)."""
+    done = work / "done.json"
+    rows = json.loads(done.read_text()) if done.exists() else {}
+    if experiment not in rows:
+        raise SystemExit(f"--from-recipe: no finished experiment {experiment!r} in {done} (has: {', '.join(rows)})")
+    row = rows[experiment]
+    if not Path(row.get("export_dir", "")).is_dir():
+        raise SystemExit(f"--from-recipe: {experiment!r} kept no model (rerun bench/recipe.py with --keep-models)")
+    pairs = work / f"pairs_{row['steps'] * row['global_batch']}.parquet"
+    summary = {"steps": row["steps"], "samples": row["steps"] * row["global_batch"], "wall_s": row["train_s"],
+               "samples_per_s": row["samples_per_s"], "peak_memory_gb_per_worker": row["peak_memory_gb"],
+               "pairs_available": pq.read_metadata(pairs).num_rows, "export_dir": row["export_dir"],
+               "overrides": row["common"] + row["sets"], "recipe": {"work": str(work), "experiment": experiment,
+                                                                     "dev": row["dev"]}}
+    history = [{"step": step, "loss": loss} for step, loss in row["loss"]]
+    anchor_row = rows.get(ANCHOR)
+    return summary, history, anchor_row and {k: v for k, v in anchor_row.items() if k != "dev"}
+
+
+def job_summary(report: dict, pairs: Path) -> dict:
+    history = report["history"]
+    steady = [h for h in history[1:] if "samples_per_s" in h] or history
+    return {"steps": report["final"].get("step"), "samples": report["final"].get("samples"),
+            "wall_s": report.get("wall_s"),
+            "samples_per_s": round(sum(h["samples_per_s"] for h in steady) / len(steady), 3),
+            "peak_memory_gb_per_worker": max(h.get("peak_memory_gb", 0) for h in history),
+            "pairs_available": pq.read_metadata(pairs).num_rows, "export_dir": report["export_dir"]}
 
 
 def plot(history: list[dict], test: dict, anchor_test: dict | None, baselines: dict, label: str, path: Path) -> None:
@@ -227,6 +261,8 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more training overrides")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "train_quality")
     parser.add_argument("--skip-train", action="store_true", help="score the model already exported in --work")
+    parser.add_argument("--from-recipe", nargs=2, metavar=("WORK", "EXPERIMENT"),
+                        help="score a model bench/recipe.py kept in WORK (and its same-pairs anchor), no training")
     parser.add_argument("--skip-anchor", action="store_true", help="no same-run sentence-transformers anchor")
     parser.add_argument("--eval-dtype", default=native_dtype_name(),
                         help="dtype for embedding the test corpus (fp32, bf16)")
@@ -241,28 +277,32 @@ def main() -> int:
     label = _model_label(args)
     args.output = args.output or RESULTS / f"train_quality_{label}.json"
 
-    pairs = training_pairs(args.data, "train", work / "train_pairs.parquet")
-    negatives = load_config(args.config, args.set).data.num_hard_negatives
-    if negatives:  # mined once; the anchor trains on the same negatives
-        pairs = hard_negative_pairs(args.data, pairs, negatives)
-    report = (json.loads((work / "train_report.json").read_text()) if args.skip_train else train(args, work, pairs))
-    test = score(args, Path(report["export_dir"]), work / "eval_cache")
-    anchor_row = None if args.skip_anchor else anchor(args, work, pairs, report)
-    history = report["history"]
-    final = report["final"]
-    steady = [h for h in history[1:] if "samples_per_s" in h] or history
+    if args.from_recipe:
+        train_summary, history, anchor_row = from_recipe(Path(args.from_recipe[0]).resolve(), args.from_recipe[1])
+        anchor_row = None if args.skip_anchor else anchor_row
+    else:
+        pairs = training_pairs(args.data, "train", work / "train_pairs.parquet")
+        negatives = load_config(args.config, args.set).data.num_hard_negatives
+        if negatives:  # mined once; the anchor trains on the same negatives
+            pairs = hard_negative_pairs(args.data, pairs, negatives)
+        report = (json.loads((work / "train_report.json").read_text()) if args.skip_train
+                  else train(args, work, pairs))
+        train_summary, history = job_summary(report, pairs), report["history"]
+        anchor_row = None if args.skip_anchor else anchor(args, work, pairs, report)
+    test = score(args, Path(train_summary["export_dir"]), work / "eval_cache")
+    if anchor_row:
+        from anchor import load_anchor
+
+        anchor_row["test"] = score(args, load_anchor(anchor_row["model_dir"], args.eval_dtype), work / "eval_cache")
     baselines = {} if args.corpus_size else BASELINES  # whole-corpus figures: not comparable with a partial score
     result = {
         "command": command(),
         "hardware": hardware(),
         "model": label,
         "train_config": str(args.config.relative_to(ROOT)) if args.config.is_relative_to(ROOT) else str(args.config),
-        "overrides": args.set,
-        "export_dir": report["export_dir"],
-        "train": {"steps": final.get("step"), "samples": final.get("samples"), "wall_s": report.get("wall_s"),
-                  "samples_per_s": round(sum(h["samples_per_s"] for h in steady) / len(steady), 3),
-                  "peak_memory_gb_per_worker": max(h.get("peak_memory_gb", 0) for h in history),
-                  "pairs_available": pq.read_metadata(pairs).num_rows},
+        "overrides": train_summary.pop("overrides", args.set),
+        "export_dir": train_summary.pop("export_dir"),
+        "train": train_summary,
         "eval_dtype": args.eval_dtype,
         "test": test,
         "anchor": anchor_row,
