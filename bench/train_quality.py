@@ -193,7 +193,7 @@ def anchor(args, work: Path, pairs: Path, report: dict) -> dict:
     return row
 
 
-def from_recipe(work: Path, experiment: str) -> tuple[dict, dict, dict | None]:
+def from_recipe(work: Path, experiment: str) -> tuple[dict, list[dict], dict | None]:
     """A model bench/recipe.py trained through the real job and kept (`--keep-models`), as (training summary, loss
     history, the recipe's anchor on the same pairs): its pick scored on test without training it again (~85 min on
     a 2-core CPU)."""
@@ -216,6 +216,7 @@ def from_recipe(work: Path, experiment: str) -> tuple[dict, dict, dict | None]:
 
 
 def job_summary(report: dict, pairs: Path) -> dict:
+    """The training job's report as the results' `train` section (speed over the steady windows after the first)."""
     history = report["history"]
     steady = [h for h in history[1:] if "samples_per_s" in h] or history
     return {"steps": report["final"].get("step"), "samples": report["final"].get("samples"),
