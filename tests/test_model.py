@@ -420,3 +420,10 @@ def test_lora_on_all_linear_layers(arch, expected):
     adapted = {name.split(".lora_A")[0] for name, _ in model.decoder.named_parameters() if ".lora_A" in name}
     assert {name.rsplit(".", 1)[-1] for name in adapted} == expected
     assert not any("pooler" in name for name in adapted), "BERT's unused pooler gets no adapter"
+
+
+def test_pretrained_parts_ask_for_no_hub_kernels(minilm_small):
+    """transformers would fetch layers from the hub when a GPU model goes to train(): the platform runs offline
+    (causal2vec.model sets USE_HUB_KERNELS=NO unless the user chose)."""
+    assert minilm_small.context_encoder.encoder.use_kernels is False
+    assert getattr(minilm_small.decoder, "use_kernels", False) is False
