@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import torch
 from common import RESULTS, command, hardware, pyplot
 
@@ -52,39 +51,12 @@ def ray_run(args, workers: int, threads: int) -> dict:
 
 
 def plain_run(args, threads: int) -> dict:
-    """What the Ray loop does per step, without Ray, DeepSpeed or a process group."""
-    from causal2vec.train.data import TokenizePairs, collate
-    from causal2vec.train.loop import build_model, embed_passes, encoder_loss_dim
-    from causal2vec.train.optim import cpu_autocast, lr_lambda, parameter_groups
-    from causal2vec.train.loss import batch_loss
+    """What the Ray loop does per step, without Ray, DeepSpeed or a process group (causal2vec.train.single)."""
+    from causal2vec.train.single import train_single, training_rows
 
     torch.set_num_threads(threads)
     config = config_for(args, "plain", 1, threads)
-    torch.manual_seed(config.data.seed)
-    model = build_model(config)
-    encoder_dim = encoder_loss_dim(model, config)
-    rows = TokenizePairs(config.model.source(), 0, None)(pq.read_table(args.pairs))
-    optimizer = torch.optim.AdamW(parameter_groups(model, config), weight_decay=config.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, args.steps))
-    mb, history, t0, samples = args.micro_batch, [], time.perf_counter(), 0
-    model.train()
-    for step in range(1, args.steps + 1):
-        batch = collate(model.builder, rows.slice(((step - 1) * mb) % (rows.num_rows - mb), mb),
-                        config.optim.rows_per_pass)
-        b = batch.queries
-        with cpu_autocast(config, use_gpu=False):
-            embeddings = embed_passes(model, batch, "cpu", with_encoder_vectors=encoder_dim > 0)
-        loss = batch_loss(embeddings, b, config.optim, gather=False, encoder_dim=encoder_dim)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        samples += b
-        if step % args.window == 0:
-            now = time.perf_counter()
-            history.append({"step": step, "loss": loss.item(), "samples_per_s": samples / (now - t0)})
-            t0, samples = now, 0
+    _, history = train_single(config, training_rows(config), "cpu", steps=args.steps, report_every=args.window)
     return {"samples_per_s": steady(history, args.window), "history": history}
 
 

@@ -208,3 +208,25 @@ def test_every_shipped_training_config_loads(path):
     """A typo in a shipped config (a key, a value out of range) is caught here, not an hour into a run."""
     config = load_config(path)
     assert config.optim.max_steps > 0 and config.data.train
+
+
+def test_single_process_training_follows_the_job(tmp_path):
+    """causal2vec.train.single (benches; a GPU machine without Ray): the job's seeded row order, the loss goes down,
+    dev nDCG@10 on every dev step and the last whatever the report cadence, adapters trained and the base frozen."""
+    import torch
+
+    from causal2vec.train.loop import build_model
+    from causal2vec.train.single import train_single, training_rows
+
+    config = load_config(CONFIG, ["data.dev.every_steps=6", "data.dev.limit_queries=20", "data.dev.limit_corpus=100"])
+    rows = training_rows(config)
+    assert rows["order"].to_pylist() == sorted(rows["order"].to_pylist())
+    model, history = train_single(config, rows, "cpu", steps=16, report_every=4)
+    assert [h["step"] for h in history] == [4, 6, 8, 12, 16]
+    assert [h["step"] for h in history if "dev_ndcg_at_10" in h] == [6, 12, 16]
+    losses = [h["loss"] for h in history]
+    assert np.mean(losses[-2:]) < losses[0] - 0.1, f"loss did not go down: {losses}"
+    start = dict(build_model(config).named_parameters())
+    moved = {name for name, p in model.named_parameters() if not torch.equal(p.detach(), start[name].detach())}
+    assert moved and all("lora_" in n or not n.startswith("decoder.") for n in moved)
+    assert any("lora_" in n for n in moved) and any("projector" in n for n in moved)

@@ -117,7 +117,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         log.info("rank %d resumed at step %d (epoch %d, micro-batch %d)", rank, state.step, state.epoch,
                  state.position)
 
-    dev = _dev_task(config) if config.data.dev else None
+    dev = dev_task(config) if config.data.dev else None
     shards = [ray.train.get_dataset_shard(f"train{i}") for i in range(len(sources))]
     window = {"loss": 0.0, "n": 0, "samples": 0, "tokens": 0, "grad_norm": 0.0, "steps": 0,
               "t0": time.perf_counter()}
@@ -153,7 +153,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         if state.step % config.ray.report_every_steps == 0 or save or last:
             metrics = _window_metrics(window, state, scheduler, world) | {"optimizer_step": _optimizer_step(engine)}
             if dev is not None and config.data.dev.every_steps and state.step % config.data.dev.every_steps == 0:
-                metrics |= _dev_metrics(engine.module, dev, config)
+                metrics |= dev_metrics(engine.module, dev, config)
             history.append(metrics)
             if rank == 0:  # past Ray Train's print patch, which tees a wrapped stdout: the line would come twice
                 print(progress_line(metrics, total_steps), file=sys.__stdout__, flush=True)
@@ -166,7 +166,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         history.append({"step": state.step})
     final = history[-1]  # the last step's metrics, completed in place with the dev score and the export
     if dev is not None and "dev_ndcg_at_10" not in final:  # not already evaluated at this step
-        final |= _dev_metrics(engine.module, dev, config)
+        final |= dev_metrics(engine.module, dev, config)
     export_dir = config.export_dir
     _export(engine, config, rank, export_dir)
     final["export_dir"] = str(export_dir)
@@ -206,7 +206,7 @@ def _window_metrics(window: dict, state: TrainState, scheduler, world: int) -> d
     """Loss averaged over ranks and the steps since the last report; throughput over the same window."""
     loss = torch.tensor([window["loss"] / max(1, window["n"])], dtype=torch.float64)
     tokens = torch.tensor([float(window["tokens"])], dtype=torch.float64)
-    peak = torch.tensor([_peak_memory_gb()], dtype=torch.float64)
+    peak = torch.tensor([peak_memory_gb()], dtype=torch.float64)
     if dist.is_initialized():
         dist.all_reduce(loss)
         dist.all_reduce(tokens)
@@ -231,7 +231,7 @@ def progress_line(metrics: dict, total_steps: int) -> str:
     return line
 
 
-def _peak_memory_gb() -> float:
+def peak_memory_gb() -> float:
     """This worker's peak memory so far: the GPU's allocator peak on GPU runs, the process's peak RSS on CPU."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         return torch.cuda.max_memory_allocated() / 2**30
@@ -270,7 +270,7 @@ def _maybe_fail(config: TrainConfig, state: TrainState, rank: int) -> None:
         os._exit(1)
 
 
-def _dev_task(config: TrainConfig):
+def dev_task(config: TrainConfig):
     from causal2vec.eval.retrieval import RetrievalTask
 
     dev = config.data.dev
@@ -279,7 +279,7 @@ def _dev_task(config: TrainConfig):
     return task.with_corpus_limit(dev.limit_corpus) if dev.limit_corpus else task
 
 
-def _dev_metrics(model, task, config: TrainConfig) -> dict:
+def dev_metrics(model, task, config: TrainConfig) -> dict:
     """Every rank evaluates (ZeRO-3 needs all ranks in each forward); all get the same numbers."""
     from causal2vec.eval.retrieval import evaluate
 
