@@ -35,15 +35,16 @@ class Anchor:
 
 def train_anchor(pairs: Path, out: Path, *, samples: int, batch_size: int, lr: float = 5e-5,
                  temperature: float = 0.05, max_length: int = 128, warmup_steps: int = 10, seed: int = 0,
-                 bf16: bool = False, negatives: int = 0) -> dict:
+                 bf16: bool = False, negatives: int = 0, device: str | None = None) -> dict:
     """Fine-tune all-MiniLM-L6-v2 on the first `samples` pairs of a shuffled `pairs` file; save it to `out`.
     `bf16` autocast is off by default: through the HF Trainer it measured slower than fp32 here (14 vs 10 s/step).
     `negatives`: that many of each pair's mined hard negatives (the file's `negatives` column) join the in-batch
-    ones, as they do for the Causal2Vec run."""
+    ones, as they do for the Causal2Vec run. `device`: default the GPU if there is one, else the CPU."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, losses
     from sentence_transformers.training_args import BatchSamplers, SentenceTransformerTrainingArguments
 
+    from causal2vec.model.devices import resolve_device
     from causal2vec.model.presets import minilm_path
 
     table = pq.read_table(pairs, columns=["query", "positive"] + (["negatives"] if negatives else []))
@@ -53,13 +54,15 @@ def train_anchor(pairs: Path, out: Path, *, samples: int, batch_size: int, lr: f
     for k in range(negatives):
         columns[f"negative_{k + 1}"] = [row[k] for row in table["negatives"].to_pylist()]
     data = Dataset.from_dict(columns)
-    model = SentenceTransformer(str(minilm_path()), device="cpu")
+    device = resolve_device(device)
+    model = SentenceTransformer(str(minilm_path()), device=str(device))
     model.max_seq_length = max_length
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out / "checkpoints"), num_train_epochs=1, max_steps=samples // batch_size,
         per_device_train_batch_size=batch_size, learning_rate=lr, warmup_steps=warmup_steps,
         lr_scheduler_type="linear", batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="no",
-        logging_steps=10, report_to="none", seed=seed, use_cpu=True, dataloader_drop_last=True, bf16=bf16)
+        logging_steps=10, report_to="none", seed=seed, use_cpu=device.type == "cpu", dataloader_drop_last=True,
+        bf16=bf16)
     loss = losses.MultipleNegativesRankingLoss(model, scale=1.0 / temperature)
     started = time.perf_counter()
     SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss).train()
@@ -73,10 +76,13 @@ def train_anchor(pairs: Path, out: Path, *, samples: int, batch_size: int, lr: f
             "samples_per_s": round(steps * batch_size / wall, 2), "model_dir": str(out / "model")}
 
 
-def load_anchor(model_dir: str | Path, dtype: str = "fp32") -> Anchor:
-    """`dtype` as for Causal2Vec.from_pretrained: the anchor is embedded like the model it is compared with."""
+def load_anchor(model_dir: str | Path, dtype: str = "fp32", device: str | None = None) -> Anchor:
+    """`dtype` and `device` as for Causal2Vec.from_pretrained: the anchor is embedded like the model it is compared
+    with."""
     import torch
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(model_dir), device="cpu")
+    from causal2vec.model.devices import resolve_device
+
+    model = SentenceTransformer(str(model_dir), device=str(resolve_device(device)))
     return Anchor(model.to(torch.bfloat16) if dtype == "bf16" else model)
