@@ -69,9 +69,14 @@ def one_pass_pairs(data: Path, work: Path, steps: int, micro_batch: int) -> Path
 
     all_pairs = pq.read_table(training_pairs(data, "train", work.parent / "train_quality" / "train_pairs.parquet"))
     budget = steps * 2 * micro_batch
-    pairs = work / f"pairs_{budget}.parquet"
+    pairs = one_pass_file(work, budget)
     pq.write_table(all_pairs.take(np.random.default_rng(0).permutation(all_pairs.num_rows)[:budget]), pairs)
     return pairs
+
+
+def one_pass_file(work: Path, budget: int) -> Path:
+    """Where `one_pass_pairs` keeps a draw of `budget` pairs (read back by `from_recipe`)."""
+    return work / f"pairs_{budget}.parquet"
 
 
 def hard_negative_pairs(data: Path, pairs: Path, num: int, skip: int = 0) -> Path:
@@ -204,7 +209,7 @@ def from_recipe(work: Path, experiment: str) -> tuple[dict, list[dict], dict | N
     row = rows[experiment]
     if not Path(row.get("export_dir", "")).is_dir():
         raise SystemExit(f"--from-recipe: {experiment!r} kept no model (rerun bench/recipe.py with --keep-models)")
-    pairs = work / f"pairs_{row['steps'] * row['global_batch']}.parquet"
+    pairs = one_pass_file(work, row["steps"] * row["global_batch"])
     summary = {"steps": row["steps"], "samples": row["steps"] * row["global_batch"], "wall_s": row["train_s"],
                "samples_per_s": row["samples_per_s"], "peak_memory_gb_per_worker": row["peak_memory_gb"],
                "pairs_available": pq.read_metadata(pairs).num_rows, "export_dir": row["export_dir"],
@@ -273,6 +278,9 @@ def main() -> int:
     parser.add_argument("--note", help="anything a reader of the results should know about this run")
     parser.add_argument("--output", type=Path, help="default: bench/results/train_quality_<model>.json")
     args = parser.parse_args()
+    if args.from_recipe and (args.skip_train or args.set or args.max_steps != parser.get_default("max_steps")):
+        parser.error("--from-recipe scores a model the recipe already trained: --skip-train, --max-steps and --set "
+                     "do not apply")
     args.data = args.data.resolve()
     work = args.work.resolve()
     label = _model_label(args)
