@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from common import RESULTS, command, hardware
-from train_quality import BASELINES, ROOT, TASK, plot, score, training_pairs
+from train_quality import BASELINES, ROOT, TASK, model_label, plot, score, training_pairs
 
 from causal2vec.model.devices import resolve_device
 from causal2vec.train.config import load_config
@@ -144,9 +144,10 @@ def write(args, state: dict, device) -> None:
     """The results so far (JSON + PNG): written after every phase, so a run cut short still reports."""
     trained, test, anchor_row = state["train"], state.get("test"), state.get("anchor")
     baselines = {} if args.corpus_size else BASELINES
-    result = {"command": command(), "hardware": hardware(), "device": str(device), "model": "smollm2",
+    result = {"command": command(), "hardware": hardware(), "device": str(device), "model": model_label(args),
               "runner": "one process, causal2vec.train.single (no Ray, no DeepSpeed on the lent GPU machine)",
-              "train_config": str(args.config.relative_to(ROOT)), "overrides": args.set, "eval_dtype": args.eval_dtype,
+              "train_config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config),
+              "overrides": args.set, "eval_dtype": args.eval_dtype,
               "train": {k: v for k, v in trained.items() if k != "history"}, "test": test, "anchor": anchor_row,
               "baselines_test": baselines, "history": trained["history"]}
     if test:
@@ -155,7 +156,8 @@ def write(args, state: dict, device) -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1, default=str))
     if test:
-        plot(trained["history"], test, anchor_row and anchor_row["test"], baselines, f"smollm2 on {device.type}",
+        label = f"{model_label(args)} on {device.type}"
+        plot(trained["history"], test, anchor_row and anchor_row["test"], baselines, label,
              args.output.with_suffix(".png"))
 
 

@@ -283,7 +283,7 @@ def main() -> int:
                      "do not apply")
     args.data = args.data.resolve()
     work = args.work.resolve()
-    label = _model_label(args)
+    label = model_label(args)
     args.output = args.output or RESULTS / f"train_quality_{label}.json"
 
     if args.from_recipe:
@@ -339,7 +339,7 @@ def main() -> int:
     return 0
 
 
-def _model_label(args) -> str:
+def model_label(args) -> str:
     m = load_config(args.config, args.set).model
     return m.init or Path(m.decoder).name
 
