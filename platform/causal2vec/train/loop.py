@@ -128,13 +128,9 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         if state.step >= total_steps:  # resumed from the final checkpoint of a finished run
             break
         _maybe_fail(config, state, rank)
-        # projector alignment (optim.align_steps): the CTX state alone, decoder rows cut after CTX, adapters idle
-        aligning = state.step < config.optim.align_steps
-        batch = collate(builder, table, config.optim.rows_per_pass, through_ctx=aligning)
-        with cpu_autocast(config, config.ray.use_gpu):
-            embeddings = embed_passes(engine, batch, device, with_encoder_vectors=encoder_dim > 0)
+        loss, batch = micro_batch_loss(engine, builder, table, config, device, steps_done=state.step,
+                                       encoder_dim=encoder_dim, precision=cpu_autocast(config, config.ray.use_gpu))
         b = batch.queries
-        loss = batch_loss(embeddings, b, config.optim, encoder_dim=encoder_dim)
         engine.backward(loss)
         engine.step()
         state.position = position + 1
@@ -173,6 +169,17 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     _report(engine, state, final, save=True)
     where = {k: v for k, v in asdict(state).items() if k != "history"}
     return {"history": history, "state": where, "export_dir": str(export_dir)} if rank == 0 else None
+
+
+def micro_batch_loss(model, builder, table, config: TrainConfig, device, *, steps_done: int, encoder_dim: int,
+                     precision, gather: bool = True) -> tuple[torch.Tensor, TrainBatch]:
+    """One micro-batch's forward and loss, as this loop and the single-process one (single.py) take them. During
+    projector alignment (the first `optim.align_steps` steps) decoder rows are cut after CTX and only the CTX state
+    trains; the adapters' learning rate is 0 then (optim.group_schedules). `precision`: the autocast context."""
+    batch = collate(builder, table, config.optim.rows_per_pass, through_ctx=steps_done < config.optim.align_steps)
+    with precision:
+        embeddings = embed_passes(model, batch, device, with_encoder_vectors=encoder_dim > 0)
+    return batch_loss(embeddings, batch.queries, config.optim, gather=gather, encoder_dim=encoder_dim), batch
 
 
 def embed_passes(model, batch: TrainBatch, device, **forward) -> torch.Tensor:

@@ -17,10 +17,8 @@ import torch
 
 from causal2vec import readers
 from causal2vec.train.config import TrainConfig
-from causal2vec.train.data import ORDER, TokenizePairs, collate
-from causal2vec.train.loop import (build_model, dev_metrics, dev_task, embed_passes, encoder_loss_dim,
-                                   peak_memory_gb)
-from causal2vec.train.loss import batch_loss
+from causal2vec.train.data import ORDER, TokenizePairs
+from causal2vec.train.loop import build_model, dev_metrics, dev_task, encoder_loss_dim, micro_batch_loss, peak_memory_gb
 from causal2vec.train.optim import cpu_autocast, group_schedules, parameter_groups
 
 
@@ -66,12 +64,9 @@ def train_single(config: TrainConfig, rows: pa.Table, device: str | torch.device
     history, window = [], {"loss": 0.0, "samples": 0, "tokens": 0, "norm": 0.0, "t0": time.perf_counter()}
     model.train()
     for step in range(1, steps + 1):
-        aligning = step <= config.optim.align_steps
-        batch = collate(model.builder, rows.slice(((step - 1) % per_epoch) * mb, mb), config.optim.rows_per_pass,
-                        through_ctx=aligning)
-        with autocast(config, device):
-            embeddings = embed_passes(model, batch, device, with_encoder_vectors=encoder_dim > 0)
-        loss = batch_loss(embeddings, batch.queries, config.optim, gather=False, encoder_dim=encoder_dim)
+        loss, batch = micro_batch_loss(model, model.builder, rows.slice(((step - 1) % per_epoch) * mb, mb), config,
+                                       device, steps_done=step - 1, encoder_dim=encoder_dim,
+                                       precision=autocast(config, device), gather=False)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
         optimizer.step()
