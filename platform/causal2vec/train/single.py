@@ -24,7 +24,8 @@ from causal2vec.train.optim import cpu_autocast, group_schedules, parameter_grou
 
 def training_rows(config: TrainConfig) -> pa.Table:
     """Every training source's valid rows as token columns, in the seeded order the Ray job uses
-    (data.prepare_source), sources one after another."""
+    (data.prepare_source). Several sources follow one another; the Ray job interleaves their batches instead
+    (data.epoch_schedule), so with more than one source the two loops see batches in a different order."""
     tables = []
     for source in config.data.train:
         tokenize = TokenizePairs(config.model.source(), config.data.num_hard_negatives, source.instruction,
