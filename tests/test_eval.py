@@ -22,13 +22,13 @@ DESCRIPTION = "Given a Debian package synopsis, retrieve its description"
 
 @pytest.fixture(scope="module")
 def small_task(tmp_path_factory) -> RetrievalTask:
-    """120 queries against 400 documents from the bundled Debian sample, written to parquet as a user would."""
+    """60 queries against 200 documents from the bundled Debian sample, written to parquet as a user would."""
     root = tmp_path_factory.mktemp("task")
-    queries = pq.read_table(QUERIES).slice(0, 120)
+    queries = pq.read_table(QUERIES).slice(0, 60)
     corpus = pq.read_table(CORPUS)
     wanted = set(queries["doc_id"].to_pylist())
     ids = corpus["id"].to_pylist()
-    keep = [i for i, d in enumerate(ids) if d in wanted] + [i for i, d in enumerate(ids) if d not in wanted][:280]
+    keep = [i for i, d in enumerate(ids) if d in wanted] + [i for i, d in enumerate(ids) if d not in wanted][:140]
     pq.write_table(corpus.take(keep), root / "corpus.parquet")
     pq.write_table(queries, root / "queries.parquet")
     return RetrievalTask.from_files(root / "corpus.parquet", root / "queries.parquet", name="DebianSmall",
@@ -193,14 +193,14 @@ class DiesAfter:
 def test_an_interrupted_embedding_resumes_from_its_finished_chunks(tiny, small_task, tmp_path):
     from causal2vec.eval.cache import chunk_folder, encode_resumable
 
-    texts = small_task.corpus  # 400 texts: 4 chunks of 128 (the last one short)
+    texts = small_task.corpus  # 200 texts: 4 chunks of 64 (the last one short)
     with pytest.raises(Interrupted):  # the probe, 2 chunks, then dies in the third
-        encode_resumable(DiesAfter(tiny, 3), texts, tmp_path, chunk_rows=128)
-    folder = chunk_folder(tiny, texts, tmp_path, chunk_rows=128)
+        encode_resumable(DiesAfter(tiny, 3), texts, tmp_path, chunk_rows=64)
+    folder = chunk_folder(tiny, texts, tmp_path, chunk_rows=64)
     assert sorted(p.name for p in folder.iterdir()) == ["chunk-00000.npy", "chunk-00001.npy"]
-    resumed = encode_resumable(DiesAfter(tiny, 3), texts, tmp_path, chunk_rows=128)  # probe + the 2 missing chunks
+    resumed = encode_resumable(DiesAfter(tiny, 3), texts, tmp_path, chunk_rows=64)  # probe + the 2 missing chunks
     np.testing.assert_allclose(resumed, tiny.encode(texts), atol=1e-5)
-    again = encode_resumable(DiesAfter(tiny, 1), texts, tmp_path, chunk_rows=128)  # all cached: only the probe
+    again = encode_resumable(DiesAfter(tiny, 1), texts, tmp_path, chunk_rows=64)  # all cached: only the probe
     np.testing.assert_array_equal(again, resumed)
 
 

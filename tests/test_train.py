@@ -52,33 +52,29 @@ def test_two_workers_reduce_the_loss_and_export_a_loadable_model(ray_session, tm
     np.testing.assert_allclose(Causal2Vec.from_pretrained(summary["export_dir"]).encode(TEXTS), after, atol=1e-6)
 
 
-def test_resume_continues_from_the_checkpoint(ray_session, tmp_path):
-    first = _config(tmp_path, "resume", "optim.max_steps=8", "ray.report_every_steps=4",
-                    "ray.checkpoint_every_steps=4")
+def test_a_killed_worker_is_recovered_and_a_later_run_continues(ray_session, tmp_path):
+    """Within a run, a worker that dies is restarted from the last checkpoint; a later run with more steps continues
+    from the finished run's checkpoint, with its curve and its optimizer state (one test: a Ray job fewer)."""
+    first = _config(tmp_path, "crash", "optim.max_steps=8", "ray.report_every_steps=2",
+                    "ray.checkpoint_every_steps=4", "ray.fail_at_step=6", "ray.max_failures=1")
     _, summary = _fit(first)
-    assert summary["state"]["step"] == 8 and summary["state"]["restarts"] == 0
-    second = _config(tmp_path, "resume", "optim.max_steps=16", "ray.report_every_steps=4",
+    assert (tmp_path / "crash" / ".failed-at-6").exists(), "the worker really died"
+    history = summary["history"]
+    assert summary["state"]["restarts"] == 1 and summary["state"]["step"] == 8
+    assert [h["step"] for h in history] == [2, 4, 6, 8]
+    resumed = [h for h in history if h["restarts"] == 1]
+    assert resumed[0]["step"] == 6 and resumed[0]["optimizer_step"] == 6, \
+        "the restarted group resumed from the step-4 checkpoint, not from step 0"
+
+    second = _config(tmp_path, "crash", "optim.max_steps=12", "ray.report_every_steps=2",
                      "ray.checkpoint_every_steps=4")
     _, summary = _fit(second)
     history = summary["history"]
-    assert [h["step"] for h in history] == [4, 8, 12, 16], "the first run's curve is kept in the checkpoint"
-    assert [h["restarts"] for h in history] == [0, 0, 1, 1], "the second run starts after step 8, not at 0"
-    assert summary["state"]["restarts"] == 1 and summary["state"]["step"] == 16
+    assert [h["step"] for h in history] == [2, 4, 6, 8, 10, 12], "the first run's curve is kept in the checkpoint"
+    assert [h["restarts"] for h in history] == [0, 0, 1, 1, 2, 2], "the second run starts after step 8, not at 0"
+    assert summary["state"]["restarts"] == 2 and summary["state"]["step"] == 12
     # the optimizer's own step count continued too: its state was restored, not just a counter
-    assert history[2]["optimizer_step"] == 12
-
-
-def test_a_killed_worker_is_recovered_from_the_last_checkpoint(ray_session, tmp_path):
-    config = _config(tmp_path, "crash", "optim.max_steps=12", "ray.report_every_steps=2",
-                     "ray.checkpoint_every_steps=4", "ray.fail_at_step=6", "ray.max_failures=1")
-    _, summary = _fit(config)
-    assert (tmp_path / "crash" / ".failed-at-6").exists(), "the worker really died"
-    history = summary["history"]
-    assert summary["state"]["restarts"] == 1 and summary["state"]["step"] == 12
-    resumed = [h for h in history if h["restarts"] == 1]
-    assert [h["step"] for h in history] == [2, 4, 6, 8, 10, 12]
-    assert resumed[0]["step"] == 6 and resumed[0]["optimizer_step"] == 6, \
-        "the restarted group resumed from the step-4 checkpoint, not from step 0"
+    assert history[4]["optimizer_step"] == 10
 
 
 def test_bad_configs_and_data_are_named(ray_session, tmp_path):
