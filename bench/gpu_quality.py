@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from common import RESULTS, command, hardware
-from train_quality import BASELINES, ROOT, TASK, model_label, plot, score, training_pairs
+from train_quality import BASELINES, ROOT, TASK, beats, model_label, plot, score, training_pairs
 
 from causal2vec.model.devices import resolve_device
 from causal2vec.train.config import load_config
@@ -135,8 +135,8 @@ def main() -> int:
     phase("test", lambda: score(args, Path(trained["export_dir"]), args.work / "eval_cache"))
     if not args.skip_anchor:
         phase("anchor", lambda: anchor(args, config, pairs, trained["samples"], device))
-    print(json.dumps({k: state[k].get("ndcg_at_10", state[k].get("test", {}).get("ndcg_at_10"))
-                      for k in ("test", "anchor") if k in state}))
+    anchor_test = state.get("anchor", {}).get("test", {})
+    print(json.dumps({"test": state["test"]["ndcg_at_10"], "anchor": anchor_test.get("ndcg_at_10")}))
     return 0
 
 
@@ -151,8 +151,7 @@ def write(args, state: dict, device) -> None:
               "train": {k: v for k, v in trained.items() if k != "history"}, "test": test, "anchor": anchor_row,
               "baselines_test": baselines, "history": trained["history"]}
     if test:
-        result["beats"] = {name: test["ndcg_at_10"] > b["ndcg_at_10"] for name, b in baselines.items()} | (
-            {"anchor (this run)": test["ndcg_at_10"] > anchor_row["test"]["ndcg_at_10"]} if anchor_row else {})
+        result["beats"] = beats(test, baselines, anchor_row)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1, default=str))
     if test:

@@ -27,12 +27,14 @@ def point(path: Path) -> dict:
             "bm25": result["baselines_test"]["BM25 (bm25s)"]["ndcg_at_10"]}
 
 
-def pairs_for(target: float, a: dict, b: dict) -> float | None:
-    """Pairs at which the line through two points in (log2 pairs, nDCG@10) reaches `target`; None if it never does."""
-    per_doubling = (b["ndcg_at_10"] - a["ndcg_at_10"]) / math.log2(b["pairs"] / a["pairs"])
-    if per_doubling <= 0:
-        return None
-    return b["pairs"] * 2 ** ((target - b["ndcg_at_10"]) / per_doubling)
+def per_doubling(a: dict, b: dict) -> float:
+    """nDCG@10 gained per doubling of pairs on the line through two points in (log2 pairs, nDCG@10)."""
+    return (b["ndcg_at_10"] - a["ndcg_at_10"]) / math.log2(b["pairs"] / a["pairs"])
+
+
+def pairs_for(target: float, b: dict, slope: float) -> float | None:
+    """Pairs at which that line, through `b`, reaches `target`; None if it never does."""
+    return b["pairs"] * 2 ** ((target - b["ndcg_at_10"]) / slope) if slope > 0 else None
 
 
 def main() -> int:
@@ -43,9 +45,9 @@ def main() -> int:
     args = parser.parse_args()
     points = sorted((point(p) for p in args.results), key=lambda p: p["pairs"])
     a, b = points[-2:]
-    need = pairs_for(args.target, a, b)
-    fit = {"from": [a["pairs"], b["pairs"]], "per_doubling": (b["ndcg_at_10"] - a["ndcg_at_10"]) /
-           math.log2(b["pairs"] / a["pairs"]), "pairs_for_target": need}
+    slope = per_doubling(a, b)
+    need = pairs_for(args.target, b, slope)
+    fit = {"from": [a["pairs"], b["pairs"]], "per_doubling": slope, "pairs_for_target": need}
     args.output.write_text(json.dumps({"command": command(), "target": args.target, "points": points, "fit": fit},
                                       indent=1))
     plt = pyplot()

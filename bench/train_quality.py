@@ -316,8 +316,7 @@ def main() -> int:
         "test": test,
         "anchor": anchor_row,
         "baselines_test": baselines,
-        "beats": {name: test["ndcg_at_10"] > b["ndcg_at_10"] for name, b in baselines.items()}
-        | ({"anchor (this run)": test["ndcg_at_10"] > anchor_row["test"]["ndcg_at_10"]} if anchor_row else {}),
+        "beats": beats(test, baselines, anchor_row),
         "history": history,
         **({"note": args.note} if args.note else {}),
     }
@@ -337,6 +336,12 @@ def main() -> int:
         print(f"  vs {name}: nDCG@10 {b['ndcg_at_10']:.4f}  Recall@10 {b['recall_at_10']:.4f}")
     print(f"wrote {args.output} and {args.output.with_suffix('.png')}")
     return 0
+
+
+def beats(test: dict, baselines: dict, anchor_row: dict | None) -> dict:
+    """Which references the model's test nDCG@10 is above: each baseline, and the same-run anchor when there is one."""
+    above = {name: test["ndcg_at_10"] > b["ndcg_at_10"] for name, b in baselines.items()}
+    return above | ({"anchor (this run)": test["ndcg_at_10"] > anchor_row["test"]["ndcg_at_10"]} if anchor_row else {})
 
 
 def model_label(args) -> str:
